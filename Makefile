@@ -42,7 +42,7 @@ test: $(STAMP)
 	@$(BIN)/python scripts/run_tests.py
 
 test-slow: $(STAMP)
-	$(BIN)/nbdev-test --flags slow --n_workers 1
+	$(BIN)/nbdev-test --flags slow --n-workers 1
 	$(BIN)/pytest --slow
 
 export: $(STAMP)

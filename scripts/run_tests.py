@@ -53,7 +53,7 @@ def notebooks_clean() -> bool:
 
 
 def notebook_tests() -> bool:
-    return run(BIN / "nbdev-test", "--n_workers", "2", "--timing") == 0
+    return run(BIN / "nbdev-test", "--n-workers", "2", "--timing") == 0
 
 
 def output_checks() -> bool:

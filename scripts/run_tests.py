@@ -53,7 +53,9 @@ def notebooks_clean() -> bool:
 
 
 def notebook_tests() -> bool:
-    return run(BIN / "nbdev-test", "--n-workers", "2", "--timing") == 0
+    # two notebooks at a time on a 2-core machine: one thread each, or their thread pools fight over the cores
+    # (a notebook with 2 threads ran one cell in 249 s next to another busy process, 34 s alone)
+    return run(BIN / "nbdev-test", "--n-workers", "2", "--timing", env={**ENV, "OMP_NUM_THREADS": "1"}) == 0
 
 
 def output_checks() -> bool:

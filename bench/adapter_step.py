@@ -14,11 +14,10 @@ subprocess, so that one variant's allocations cannot hide another's.
     python bench/adapter_step.py --json nbs/results/adapter_step.json
 """
 from __future__ import annotations
-import argparse, datetime, json, os, platform, statistics, subprocess, sys, time
+import datetime, os, platform, statistics
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1"); os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+from _training_step import build_model, parse_args, ready_to_train, time_and_memory, paired_median_ratio, write_json
 import torch
-from transformers import BertConfig, BertForSequenceClassification
 
 # variant -> (library, our preset or AdapterHub config name, our overrides)
 VARIANTS = {
@@ -30,22 +29,6 @@ VARIANTS = {
 }
 PAIRS = [("ours pfeiffer", "hub seq_bn"), ("ours houlsby", "hub double_seq_bn")]
 REDUCTION_FACTOR = 16
-
-
-def build_model(quick:bool, seed:int=0):
-    "(model, description): all-MiniLM-L6-v2 with a fresh 2-class head if installed, else a random BERT of its shape."
-    torch.manual_seed(seed)
-    if quick:
-        config = BertConfig(vocab_size=1000, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
-                            max_position_embeddings=128, num_labels=2)
-        return BertForSequenceClassification(config), "tiny random BERT (2 layers, hidden 64)"
-    try:
-        from lightft.models import load_plm
-        return load_plm("minilm-l6", num_labels=2, seed=seed)[0], "minilm-l6 (all-MiniLM-L6-v2 via lightft.models.load_plm)"
-    except Exception as e:        # not installed: the same shape with random weights times the same
-        config = BertConfig(vocab_size=30522, hidden_size=384, num_hidden_layers=6, num_attention_heads=12, intermediate_size=1536,
-                            max_position_embeddings=512, num_labels=2)
-        return BertForSequenceClassification(config), f"random BERT shaped like MiniLM-L6 (minilm-l6 unavailable: {type(e).__name__})"
 
 
 def prepare(variant:str, quick:bool):
@@ -61,92 +44,14 @@ def prepare(variant:str, quick:bool):
         adapters.init(model)
         model.add_adapter("bench", config=adapters.AdapterConfig.load(config, reduction_factor=REDUCTION_FACTOR))
         model.train_adapter("bench")          # freezes the model; the adapter and the classifier train
-    model.train()
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    return model, torch.optim.AdamW(trainable, lr=1e-4), sum(p.numel() for p in trainable), description
-
-
-def make_batch(batch_size:int, seq_len:int, vocab:int, device):
-    g = torch.Generator().manual_seed(0)
-    ids = torch.randint(1000 if vocab > 2000 else 1, vocab, (batch_size, seq_len), generator=g)
-    mask = torch.ones_like(ids); mask[: batch_size // 2, seq_len * 3 // 4:] = 0     # some padding, as in real batches
-    return {k: v.to(device) for k, v in dict(input_ids=ids, attention_mask=mask, labels=torch.arange(batch_size) % 2).items()}
-
-
-def train_step(model, optimizer, batch):
-    model(**batch).loss.backward(); optimizer.step(); optimizer.zero_grad(set_to_none=True)
-
-
-def synchronize(device):
-    if device.type == "cuda": torch.cuda.synchronize(device)
-
-
-def time_steps(args)->dict:
-    "Seconds per step of every variant, for every repeat; variants interleaved, the order rotating each repeat."
-    device = torch.device(args.device)
-    prepared = {v: prepare(v, args.quick) for v in VARIANTS}
-    for model, *_ in prepared.values(): model.to(device)
-    batch = make_batch(args.batch_size, args.seq_len, prepared["full"][0].config.vocab_size, device)
-    for model, optimizer, *_ in prepared.values():
-        for _ in range(args.warmup): train_step(model, optimizer, batch)
-    names, times = list(VARIANTS), {v: [] for v in VARIANTS}
-    for r in range(args.repeats):
-        for v in names[r % len(names):] + names[:r % len(names)]:
-            model, optimizer, *_ = prepared[v]
-            synchronize(device); start = time.perf_counter()
-            for _ in range(args.steps): train_step(model, optimizer, batch)
-            synchronize(device); times[v].append((time.perf_counter() - start) / args.steps)
-    return dict(seconds_per_step=times, trainable={v: p[2] for v, p in prepared.items()}, model=prepared["full"][3])
-
-
-def memory_child(args):
-    "In a fresh subprocess: prepare one variant, train a few steps, print its peak memory as JSON."
-    torch.set_num_threads(args.threads)
-    from lightft.core import measure
-    device = torch.device(args.device)
-    model, optimizer, trainable, _ = prepare(args.memory_of, args.quick)
-    model.to(device)
-    batch = make_batch(args.batch_size, args.seq_len, model.config.vocab_size, device)
-    with measure(device) as m:
-        for _ in range(max(3, args.warmup)): train_step(model, optimizer, batch)
-    print(json.dumps(dict(peak_mb=m.peak_mb, start_mb=m.start_bytes / 2**20, delta_mb=m.delta_mb, trainable=trainable)))
-
-
-def measure_memory(args)->dict:
-    out = {}
-    for v in VARIANTS:
-        cmd = [sys.executable, os.path.abspath(__file__), "--memory-of", v, "--threads", str(args.threads), "--device", args.device,
-               "--batch-size", str(args.batch_size), "--seq-len", str(args.seq_len), "--warmup", str(args.warmup)]
-        res = subprocess.run(cmd + (["--quick"] if args.quick else []), capture_output=True, text=True)
-        if res.returncode != 0: raise RuntimeError(f"the memory run of {v!r} failed:\n{res.stderr[-3000:]}")
-        out[v] = json.loads(res.stdout.strip().splitlines()[-1])
-    return out
+    return *ready_to_train(model), description
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--quick", action="store_true", help="smoke run: tiny random BERT, a few steps")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--seq-len", type=int, default=64)
-    p.add_argument("--steps", type=int, default=None, help="training steps per timed repeat")
-    p.add_argument("--repeats", type=int, default=None, help="timed repeats per variant (the median is reported)")
-    p.add_argument("--warmup", type=int, default=2, help="untimed steps per variant first")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: 2, or 1 with --quick)")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--json", default=None, help="also write the results to this JSON file")
-    p.add_argument("--memory-of", default=None, help=argparse.SUPPRESS)
-    args = p.parse_args(argv)
-    # a full-size step takes about a second on a laptop CPU; many one-step repeats keep `make bench` to minutes and give
-    # the minimum (the repeat least disturbed by other processes) enough chances
-    if args.steps is None: args.steps = 2 if args.quick else 1
-    if args.repeats is None: args.repeats = 3 if args.quick else 10
-    if args.quick: args.batch_size, args.seq_len = min(args.batch_size, 8), min(args.seq_len, 32)
-    if args.threads is None: args.threads = 1 if args.quick else min(2, os.cpu_count() or 1)
-    if args.memory_of: return memory_child(args)
-    torch.set_num_threads(args.threads)
-
-    timing = time_steps(args)
-    memory = measure_memory(args)
+    args = parse_args(__doc__.split("\n")[0], argv, full_repeats=10)
+    measured = time_and_memory(__file__, prepare, list(VARIANTS), args, order="rotate")
+    if measured is None: return                   # a --memory-of subprocess: it has printed its numbers
+    timing, memory = measured
     median = {v: statistics.median(t) for v, t in timing["seconds_per_step"].items()}
     best = {v: min(t) for v, t in timing["seconds_per_step"].items()}
     ratios = {}
@@ -154,8 +59,8 @@ def main(argv=None):
         # On a shared machine other processes come and go: the minimum over repeats is the least disturbed measurement
         # (timeit's advice) and decides the goal; the ratio of medians and the median of per-repeat ratios are reported too.
         ratios[f"time {ours}/{hub} (min)"] = best[ours] / best[hub]
-        ratios[f"time {ours}/{hub} (paired median)"] = statistics.median(
-            a / b for a, b in zip(timing["seconds_per_step"][ours], timing["seconds_per_step"][hub]))
+        ratios[f"time {ours}/{hub} (paired median)"] = paired_median_ratio(timing["seconds_per_step"][ours],
+                                                                           timing["seconds_per_step"][hub])
         ratios[f"time {ours}/{hub}"] = median[ours] / median[hub]
         ratios[f"peak memory {ours}/{hub}"] = memory[ours]["peak_mb"] / memory[hub]["peak_mb"]
         ratios[f"peak memory {ours}/full"] = memory[ours]["peak_mb"] / memory["full"]["peak_mb"]
@@ -180,9 +85,7 @@ def main(argv=None):
                       lightft=lightft.__version__, load_average=os.getloadavg(), model=timing["model"], args={k: v for k, v in vars(args).items() if k != "memory_of"},
                       seconds_per_step=timing["seconds_per_step"], median=median, min=best, trainable=timing["trainable"],
                       memory=memory, ratios=ratios)
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w") as f: json.dump(result, f, indent=1)
-        print(f"wrote {args.json}")
+        write_json(args.json, result)
 
 
 if __name__ == "__main__":

@@ -6,16 +6,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import BertConfig, BertForSequenceClassification
 from lightft.core import set_seed
 from lightft.adapters import (AdapterConfig, AdaptedSublayer, BottleneckAdapter, adapter_config, add_adapters, remove_adapters,
                               has_adapters, train_adapters, adapter_parameters, adapterhub_config, copy_adapterhub_weights)
 from lightft.methods import apply_method, save_trainable, load_trainable
+from tiny_models import tiny_bert_config, tiny_bert, inputs
 
 adapters = pytest.importorskip("adapters")
 
-CONFIG = BertConfig(vocab_size=60, hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=48,
-                    max_position_embeddings=24, num_labels=2, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+CONFIG = tiny_bert_config(num_hidden_layers=3, num_labels=2)
 ROOT = Path(__file__).resolve().parents[1]
 
 # (name, our config, AdapterHub config): one table of tiny configurations every equivalence test runs over
@@ -33,15 +32,8 @@ IDS = [c[0] for c in CASES]
 
 
 def base_model(seed=0):
-    set_seed(seed)
-    return BertForSequenceClassification(CONFIG).eval()
-
-
-def inputs(seed=1):
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(1, 60, (4, 12), generator=g)
-    mask = torch.ones_like(ids); mask[1, 8:] = 0
-    return dict(input_ids=ids, attention_mask=mask)
+    "The tiny random BERT of `CONFIG`; the same seed, the same weights."
+    return tiny_bert(CONFIG, seed)
 
 
 def hub_model(base, hub_config, name="a", scale=0.3):

@@ -7,13 +7,12 @@ from pathlib import Path
 import pytest
 import torch
 from torch import nn
-from transformers import BertConfig, BertForSequenceClassification
 from lightft.core import set_seed
 from lightft.lora import LoRALinear, add_lora, lora_layers, merge_lora, unmerge_lora, remove_lora, peft_config, export_peft
 from lightft.methods import apply_method
+from tiny_models import tiny_bert_config, tiny_bert, inputs
 
-CONFIG = BertConfig(vocab_size=60, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=48,
-                    max_position_embeddings=24, num_labels=3, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+CONFIG = tiny_bert_config(num_hidden_layers=2, num_labels=3)
 # (name, add_lora options): the peft-style table of configurations every test below runs over
 CASES = [("query,value r8", dict(r=8, alpha=16, targets=("query", "value"))),
          ("all-linear r4", dict(r=4, alpha=8, targets="all-linear")),
@@ -25,15 +24,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def base_model(seed=0):
-    set_seed(seed)
-    return BertForSequenceClassification(CONFIG).eval()
-
-
-def inputs(seed=1):
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(1, 60, (4, 12), generator=g)
-    mask = torch.ones_like(ids); mask[1, 8:] = 0
-    return dict(input_ids=ids, attention_mask=mask)
+    "The tiny random BERT of `CONFIG`; the same seed, the same weights."
+    return tiny_bert(CONFIG, seed)
 
 
 def logits(model, x=None):

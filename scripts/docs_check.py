@@ -46,6 +46,31 @@ def check_quarto_config() -> list[str]:
     return problems
 
 
+def _directives(source: str) -> str:
+    return " ".join(l for l in source.splitlines() if l.startswith("#|"))
+
+
+def doc_execution_problems() -> list[str]:
+    """Cells nbdev's doc processing would execute by surprise: it runs every cell that contains an import, `#| slow` ones
+    included, so a cell mixing imports with other code runs that code while the docs are built (a slow cell: a training)."""
+    import ast, json
+    problems = []
+    for path in sorted(NBS.glob("*.ipynb")):
+        for i, cell in enumerate(json.loads(path.read_text())["cells"]):
+            source = "".join(cell["source"])
+            flags = _directives(source)
+            if cell["cell_type"] != "code" or "export" in flags: continue
+            try: body = ast.parse(source).body
+            except SyntaxError: continue
+            is_import = lambda node: isinstance(node, (ast.Import, ast.ImportFrom))
+            imports = [n for n in body if is_import(n)]
+            others = [n for n in body if not is_import(n)]
+            if imports and others and ("slow" in flags or "hide" not in flags):
+                problems.append(f"nbs/{path.name}, cell {i}: imports and other code in one cell — nbdev's doc processing would run "
+                                "the other code too (even in a slow cell); put the imports in a cell of their own")
+    return problems
+
+
 def process_notebooks() -> Path:
     "Run nbdev's own notebook processing (what `nbdev-proc-nbs` does, minus its Quarto install)."
     from nbdev.quarto import refresh_quarto_yml
@@ -193,7 +218,7 @@ def main(argv=None) -> int:
     ap.add_argument("--no-browser", action="store_true", help="skip the screenshots (link and output checks still run)")
     args = ap.parse_args(argv)
     t0 = time.time()
-    problems = check_quarto_config()
+    problems = check_quarto_config() + doc_execution_problems()
     proc = process_notebooks()
     site, shots = OUT / "site", OUT / "screenshots"
     shutil.rmtree(OUT, ignore_errors=True); shots.mkdir(parents=True)

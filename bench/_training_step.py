@@ -151,6 +151,21 @@ def measure_memory(script:str, # the benchmark script, run again with --memory-o
     return out
 
 
+def print_variants(timing:dict, # from `time_steps`
+                   memory:dict, # from `measure_memory`
+                   variants:list, # the rows, in order
+                   cpu:dict|None=None, # median CPU seconds per step, to add as a column
+                  ):
+    "One table row per variant: trainable parameters, median/min/max seconds per step, (CPU seconds,) peak and added MiB."
+    width = max(len("variant"), *map(len, variants)) + 2
+    print(f"{'variant':<{width}}{'trainable':>12}{'s/step':>10}{'min':>9}{'max':>9}" + (f"{'CPU s/step':>12}" if cpu else "")
+          + f"{'peak MiB':>11}{'+MiB training':>15}")
+    for v in variants:
+        t = timing["seconds_per_step"][v]
+        print(f"{v:<{width}}{timing['trainable'][v]:>12,}{statistics.median(t):>10.4f}{min(t):>9.4f}{max(t):>9.4f}"
+              + (f"{cpu[v]:>12.4f}" if cpu else "") + f"{memory[v]['peak_mb']:>11.0f}{memory[v]['delta_mb']:>15.0f}")
+
+
 def write_json(path:str, result:dict):
     "Write `result` to `path` as indented JSON, creating the folder, and say so."
     Path(path).parent.mkdir(parents=True, exist_ok=True)

@@ -16,7 +16,7 @@ subprocess, so that one variant's allocations cannot hide another's.
 from __future__ import annotations
 import datetime, os, platform, statistics
 
-from _training_step import build_model, parse_args, ready_to_train, time_and_memory, paired_median_ratio, write_json
+from _training_step import build_model, parse_args, ready_to_train, time_and_memory, paired_median_ratio, print_variants, write_json
 import torch
 
 # variant -> (library, our preset or AdapterHub config name, our overrides)
@@ -66,11 +66,7 @@ def main(argv=None):
         ratios[f"peak memory {ours}/full"] = memory[ours]["peak_mb"] / memory["full"]["peak_mb"]
     print(f"model: {timing['model']}; batch {args.batch_size} x {args.seq_len} tokens; {args.threads} threads on {args.device}; "
           f"median of {args.repeats} interleaved repeats x {args.steps} steps; reduction factor {REDUCTION_FACTOR}")
-    print(f"{'variant':<20}{'trainable':>12}{'s/step':>10}{'min':>9}{'max':>9}{'peak MiB':>11}{'+MiB training':>15}")
-    for v in VARIANTS:
-        t = timing["seconds_per_step"][v]
-        print(f"{v:<20}{timing['trainable'][v]:>12,}{median[v]:>10.4f}{min(t):>9.4f}{max(t):>9.4f}"
-              f"{memory[v]['peak_mb']:>11.0f}{memory[v]['delta_mb']:>15.0f}")
+    print_variants(timing, memory, VARIANTS)
     for ours, hub in PAIRS:
         t, m, f = ratios[f"time {ours}/{hub} (min)"], ratios[f"peak memory {ours}/{hub}"], ratios[f"peak memory {ours}/full"]
         print(f"{ours} vs {hub}: time ratio ours/AdapterHub, best repeats {t:.3f} (goal <= 1.05: {'met' if t <= 1.05 else 'NOT met'}; "

@@ -13,7 +13,7 @@ training, each variant in a fresh subprocess so that one variant's allocations d
 from __future__ import annotations
 import datetime, os, platform, statistics
 
-from _training_step import build_model, parse_args, ready_to_train, time_and_memory, paired_median_ratio, write_json
+from _training_step import build_model, parse_args, ready_to_train, time_and_memory, paired_median_ratio, print_variants, write_json
 import torch
 
 VARIANTS = ("lightft", "peft", "full")
@@ -54,11 +54,7 @@ def main(argv=None):
               "peak memory ours/full": memory["lightft"]["peak_mb"] / memory["full"]["peak_mb"]}
     print(f"model: {timing['model']}; batch {args.batch_size} x {args.seq_len} tokens; {args.threads} threads on {args.device}; "
           f"median of {args.repeats} repeats x {args.steps} steps, interleaved")
-    print(f"{'variant':<10}{'trainable':>12}{'s/step':>10}{'min':>9}{'max':>9}{'CPU s/step':>12}{'peak MiB':>11}{'+MiB training':>15}")
-    for v in VARIANTS:
-        t = timing["seconds_per_step"][v]
-        print(f"{v:<10}{timing['trainable'][v]:>12,}{med[v]:>10.4f}{min(t):>9.4f}{max(t):>9.4f}{cpu[v]:>12.4f}"
-              f"{memory[v]['peak_mb']:>11.0f}{memory[v]['delta_mb']:>15.0f}")
+    print_variants(timing, memory, VARIANTS, cpu=cpu)
     ok_time, ok_mem = ratios["time ours/peft (min)"] <= 1.05, ratios["peak memory ours/full"] < 1
     print(f"time ratio ours/peft, best repeats {ratios['time ours/peft (min)']:.3f} (goal <= 1.05: {'met' if ok_time else 'NOT met'}; "
           f"medians {ratios['time ours/peft']:.3f}, median of paired repeats {paired:.3f}, CPU time {ratios['cpu time ours/peft']:.3f}); "

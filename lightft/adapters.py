@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields, replace
 import torch
 from torch import nn
-from .freeze import model_parts, freeze, unfreeze
+from .freeze import model_parts, freeze, unfreeze_head, _get
 from .methods import register_method
 
 # %% auto #0
@@ -116,10 +116,6 @@ class AdaptedSublayer(nn.Module):
 # %% ../nbs/06_adapters.ipynb #86fb64f0
 _SITES = {"after_attention": "attention.output", "after_ffn": "output"}   # AdapterConfig flag -> path inside a layer
 
-def _get(module:nn.Module, path:str):
-    for part in path.split("."): module = getattr(module, part, None)
-    return module
-
 def has_adapters(model:nn.Module)->bool:
     "Whether `model` holds adapters added by `add_adapters`."
     return any(isinstance(m, AdaptedSublayer) for m in model.modules())
@@ -172,9 +168,7 @@ def train_adapters(model:nn.Module, # a model prepared with `add_adapters`
     if not has_adapters(model): raise ValueError("the model has no adapters: call add_adapters(model, config) first")
     freeze(model)
     for p in adapter_parameters(model): p.requires_grad_(True)
-    if head:
-        for m in model_parts(model)["head"].values(): unfreeze(m)
-    return model
+    return unfreeze_head(model) if head else model
 
 # %% ../nbs/06_adapters.ipynb #8670be93
 def _adapter_method(preset:str):

@@ -9,10 +9,10 @@ from __future__ import annotations
 import csv, json, math, tempfile, time
 from pathlib import Path
 
-from .core import param_report, measure, set_seed, env_report
+from .core import param_report, measure, set_seed, env_report, format_bytes
 from .data import load_task, get_task_spec
 from .models import load_plm
-from .methods import METHODS, apply_method, get_method, save_trainable
+from .methods import apply_method, get_method, save_trainable
 from .train import fit, evaluate
 
 # %% auto #0
@@ -40,7 +40,7 @@ def run_method(model_name:str, # a name for `load_plm`: "minilm-l6", "tiny-bert"
                **options, # options of the method, e.g. k=2 for top-k or r=4 for LoRA
               )->dict:
     "Train `method` on `model_name` with `data` and measure it: one row of the results table."
-    spec, implied = get_method(method)
+    spec, _ = get_method(method)
     lr = lr if lr is not None else spec.defaults.get("lr", 5e-5)
     report_split, select_split = labelled_splits(data)
     labels = data["train"].features["label"].names
@@ -141,9 +141,7 @@ def _fmt(value, kind):
     if value is None or (isinstance(value, float) and math.isnan(value)): return "—"
     if kind == "pct": return f"{100 * value:.1f}"
     if kind == "int": return f"{value:,}"
-    if kind == "bytes":
-        from lightft.core import format_bytes
-        return format_bytes(value)
+    if kind == "bytes": return format_bytes(value)
     return str(value)
 
 def _columns(rows):
@@ -195,7 +193,6 @@ def write_results(rows:list, # rows from `compare`
                   out:str|Path, # folder to write into (created if missing)
                  )->list:
     "Write `results.csv`, `results.json` (with the environment report) and `results.png` to `out`; returns the paths."
-    import matplotlib
     out = Path(out); out.mkdir(parents=True, exist_ok=True)
     keys = list(dict.fromkeys(k for r in rows for k in r))
     with open(out / "results.csv", "w", newline="") as f:

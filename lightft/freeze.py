@@ -6,11 +6,11 @@ Docs: https://lightft.github.io/lightft/freezing.html.md"""
 
 # %% ../nbs/05_freezing.ipynb #54ac5eb4
 from __future__ import annotations
-import re
 from torch import nn
 
 # %% auto #0
-__all__ = ['model_parts', 'freeze', 'unfreeze', 'train_head_only', 'train_top_layers', 'train_bitfit', 'freeze_embeddings']
+__all__ = ['model_parts', 'freeze', 'unfreeze', 'unfreeze_head', 'train_head_only', 'train_top_layers', 'train_bitfit',
+           'freeze_embeddings']
 
 # %% ../nbs/05_freezing.ipynb #e190ee44
 _LAYER_PATHS = ("encoder.layer", "transformer.layer", "encoder.layers", "layers", "h")
@@ -48,13 +48,16 @@ def unfreeze(module:nn.Module, # the module whose parameters become trainable
     for p in module.parameters(): p.requires_grad_(True)
     return module
 
+def unfreeze_head(model:nn.Module, # a 🤗 Transformers model with a task head
+                 )->nn.Module:
+    "Make the task head (the modules outside `model.base_model`) trainable; the other weights keep their state."
+    for m in model_parts(model)["head"].values(): unfreeze(m)
+    return model
+
 def train_head_only(model:nn.Module, # a 🤗 Transformers model with a task head
                    )->nn.Module:
     "A linear probe: freeze the base model, train the task head (the modules outside `model.base_model`)."
-    parts = model_parts(model)
-    freeze(model)
-    for m in parts["head"].values(): unfreeze(m)
-    return model
+    return unfreeze_head(freeze(model))
 
 def train_top_layers(model:nn.Module, # a 🤗 Transformers model with a task head
                      k:int=2,          # how many of the top encoder layers to train

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn, Tensor
 from fastcore.basics import patch
-from .freeze import freeze, unfreeze, model_parts
+from .freeze import freeze, unfreeze_head, model_parts
 from .methods import register_method
 
 # %% auto #0
@@ -122,17 +122,17 @@ def remove_lora(model:nn.Module, # a model with LoRA layers
                )->nn.Module:
     "Replace every `LoRALinear` by its `base_layer`: the original model, or with `merge=True` the fine-tuned one without LoRA modules."
     for name, layer in lora_layers(model).items():
-        if merge: layer.merge(); layer.original_weight = None   # the merged weight stays
+        if merge and not layer.merged:                          # the merged weight stays: no copy of the original is kept
+            layer.base_layer.weight.data.add_(layer.delta_weight().to(layer.base_layer.weight.dtype))
         else: layer.unmerge()
         parent, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent), child, layer.base_layer)
     return model
 
 # %% ../nbs/07_lora.ipynb #4e37ae5f
-def _apply_lora(model:nn.Module, r:int=8, alpha:float=16, targets=("query", "value"), dropout:float=0.0)->nn.Module:
-    add_lora(model, r=r, alpha=alpha, targets=targets if isinstance(targets, str) else tuple(targets), dropout=dropout)
-    for m in model_parts(model)["head"].values(): unfreeze(m)
-    return model
+def _apply_lora(model:nn.Module, **options)->nn.Module:
+    "The `lora` method: `add_lora` with the registered options (the defaults live there, once), and the head trains."
+    return unfreeze_head(add_lora(model, **options))
 
 register_method("lora", _apply_lora, "LoRA: low-rank updates (α/r)·BA of the query and value projections, and the head, train",
                 {"r": 8, "alpha": 16, "targets": ["query", "value"], "dropout": 0.0}, lr=1e-3);

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn, Tensor
 from transformers.modeling_outputs import SequenceClassifierOutput
-from .freeze import freeze, unfreeze, model_parts
+from .freeze import freeze, unfreeze, train_head_only, model_parts
 from .methods import register_method
 
 # %% auto #0
@@ -249,7 +249,7 @@ def icl_scores(model:nn.Module, # a causal LM, e.g. `load_plm("smollm2-135m", ta
             kwargs = {}
             if cache is not None:
                 b = len(batch)
-                kwargs["past_key_values"] = DynamicCache([(k.expand(b, -1, -1, -1).contiguous(), v.expand(b, -1, -1, -1).contiguous()) for k, v in cache])
+                kwargs["past_key_values"] = DynamicCache([(k.expand(b, -1, -1, -1), v.expand(b, -1, -1, -1)) for k, v in cache])   # the cache copies them
                 mask = torch.cat([torch.ones(b, len(prefix), dtype=mask.dtype, device=device), mask], 1)
             n_read = 1 if one_pass else len(word)          # positions whose next-token distribution we read, per row
             ends = torch.tensor([len(r) - 1 for r in rows], device=device)
@@ -352,11 +352,8 @@ def prompt_tuning(model:nn.Module, # a 🤗 Transformers classifier (or a langua
                   train_head:bool=True, # train the task head too (a classifier's head is new: it must learn)
                  )->nn.Module:
     "Prompt tuning: freeze the model and add a soft prompt; only the prompt (and the head) train."
-    head = model_parts(model)["head"] if train_head else {}
-    freeze(model)
-    add_soft_prompt(model, n_tokens, init, init_ids, seed)
-    for m in head.values(): unfreeze(m)
-    unfreeze(model.soft_prompt)
+    (train_head_only if train_head else freeze)(model)
+    unfreeze(add_soft_prompt(model, n_tokens, init, init_ids, seed).soft_prompt)
     return model
 
 # %% ../nbs/08_prompting.ipynb #0a49bbf6
@@ -451,11 +448,8 @@ def prefix_tuning(model:nn.Module, # a 🤗 Transformers BERT-style classifier
                   train_head:bool=True, # train the task head too
                  )->nn.Module:
     "Prefix tuning, P-tuning v2 style (no reparametrisation): freeze the model, add trainable keys and values to every attention layer."
-    head = model_parts(model)["head"] if train_head else {}
-    freeze(model)
-    add_prefix(model, n_tokens, init, init_ids, seed)
-    for m in head.values(): unfreeze(m)
-    for _, attention in _self_attentions(model):
+    (train_head_only if train_head else freeze)(model)
+    for _, attention in _self_attentions(add_prefix(model, n_tokens, init, init_ids, seed)):
         attention.prefix_keys.requires_grad_(True); attention.prefix_values.requires_grad_(True)
     return model
 

@@ -286,10 +286,11 @@ def fit(model:nn.Module, # a classifier; only its trainable parameters (`require
                     lr_now = optimizer.param_groups[0]["lr"]
                     optimizer.step(); scheduler.step(); optimizer.zero_grad(set_to_none=True)
                     step += 1
-                    hist.steps.append(dict(step=step, epoch=epoch, loss=loss.item(), lr=lr_now, grad_norm=grad_norm.item()))
+                    loss_value = loss.item()                    # one device-to-host sync for the loss per step
+                    hist.steps.append(dict(step=step, epoch=epoch, loss=loss_value, lr=lr_now, grad_norm=grad_norm.item()))
                     hist.train_seconds += time.perf_counter() - start
-                    epoch_losses.append(loss.item())
-                    bar.update(); bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr_now:.2e}")
+                    epoch_losses.append(loss_value)
+                    bar.update(); bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr_now:.2e}")
                 record = dict(epoch=epoch, step=step, train_loss=float(np.mean(epoch_losses)))
                 if held_out is not None:
                     metrics = evaluate(model, tokenizer, held_out, batch_size=eval_batch_size, max_length=max_length, progress=progress)

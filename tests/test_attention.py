@@ -1,5 +1,5 @@
 "Tests of lightft.attention (chapter 1) against PyTorch and Hugging Face Transformers."
-import hashlib, math, os, subprocess, sys
+import hashlib, math, os
 from pathlib import Path
 
 for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"): os.environ.setdefault(var, "1")
@@ -14,7 +14,6 @@ from lightft.attention import (Embeddings, Encoder, EncoderLayer, FeedForward, M
                                padding_mask, scaled_dot_product_attention, sinusoidal_positions)
 from lightft.core import package_dir, param_report
 
-ROOT = Path(__file__).resolve().parents[1]
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
 
@@ -338,11 +337,3 @@ def test_encoder_from_hf_matches_pretrained_minilm():
     with torch.no_grad():
         close(Encoder.from_hf(minilm)(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"]),
               minilm(**batch).last_hidden_state, atol=1e-4)
-
-
-# ---------------------------------------------------------------- the benchmark script
-def test_benchmark_smoke_mode():
-    result = subprocess.run([sys.executable, str(ROOT / "bench" / "attention.py"), "--quick", "--threads", "1"], capture_output=True,
-                            text=True, timeout=300, cwd=ROOT)
-    assert result.returncode == 0, result.stderr
-    assert "QUICK" in result.stdout and "nn.MHA" in result.stdout and "ratio" in result.stdout

@@ -43,7 +43,7 @@ test: $(STAMP)
 
 test-slow: $(STAMP)
 	@# slow cells train for many minutes: nbdev-test's default 600 s cell timeout is too short for them
-	$(BIN)/nbdev-test --flags slow --n-workers 1 --cell-timeout 14400
+	LIGHTFT_SLOW=1 $(BIN)/nbdev-test --flags slow --n-workers 1 --cell-timeout 14400
 	$(BIN)/pytest --slow
 
 export: $(STAMP)

@@ -68,6 +68,20 @@ class AdapterConfig:
     init_std:float = 1e-2          # std of the initial weights: small, so the adapter starts near the identity
     dropout:float = 0.0            # dropout on the adapter's update
 
+    def __post_init__(self):
+        "Refuse options that would build a broken adapter, naming the field and what is allowed."
+        for name in ("after_attention", "after_ffn", "norm_before"):
+            if not isinstance(getattr(self, name), bool): raise TypeError(f"AdapterConfig: {name} must be True or False, got {getattr(self, name)!r}")
+        number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)
+        if not number(self.reduction_factor) or not self.reduction_factor > 0:
+            raise ValueError(f"AdapterConfig: reduction_factor must be a number > 0 (the bottleneck is hidden_size // reduction_factor), got {self.reduction_factor!r}")
+        if self.bottleneck is not None and (isinstance(self.bottleneck, bool) or not isinstance(self.bottleneck, int) or self.bottleneck < 1):
+            raise ValueError(f"AdapterConfig: bottleneck must be a whole number >= 1 or None, got {self.bottleneck!r}")
+        if not isinstance(self.non_linearity, str) or self.non_linearity.lower() not in _NON_LINEARITIES:
+            raise ValueError(f"AdapterConfig: non_linearity must be one of {', '.join(_NON_LINEARITIES)}, got {self.non_linearity!r}")
+        if not number(self.init_std) or not self.init_std > 0: raise ValueError(f"AdapterConfig: init_std must be a number > 0, got {self.init_std!r}")
+        if not number(self.dropout) or not 0 <= self.dropout < 1: raise ValueError(f"AdapterConfig: dropout must be a number in [0, 1), got {self.dropout!r}")
+
     def bottleneck_size(self, hidden_size:int, # d, the width of the model
                        )->int:
         "The bottleneck width m for a model of width d."
@@ -151,8 +165,7 @@ def remove_adapters(model:nn.Module, # a model prepared with `add_adapters`
     for module in list(model.modules()):
         for name, child in list(module.named_children()):
             if isinstance(child, AdaptedSublayer): setattr(module, name, child.base_layer)
-    for attr in ("lightft_adapter_config", "lightft_method", "lightft_options"):
-        if hasattr(model, attr): delattr(model, attr)
+    if hasattr(model, "lightft_adapter_config"): delattr(model, "lightft_adapter_config")
     return model
 
 
@@ -171,17 +184,17 @@ def train_adapters(model:nn.Module, # a model prepared with `add_adapters`
     return unfreeze_head(model) if head else model
 
 # %% ../nbs/06_adapters.ipynb #8670be93
-def _adapter_method(preset:str):
-    def apply(model:nn.Module, **options)->nn.Module:
-        if has_adapters(model): remove_adapters(model)
-        return train_adapters(add_adapters(model, preset, **options))
-    apply.__name__ = f"apply_{preset}"
-    return apply
+def _adapter_method(preset:str)->dict:
+    "The lifecycle of the `preset` adapter method: add the adapters, train them and the head, remove them; options are `AdapterConfig` fields."
+    def add(model:nn.Module, **options)->nn.Module: return add_adapters(model, preset, **options)
+    def mark_trainable(model:nn.Module, **options)->nn.Module: return train_adapters(model)
+    def config(**options)->AdapterConfig: return adapter_config(preset, **options)
+    return dict(mark_trainable=mark_trainable, add=add, remove=remove_adapters, config=config)
 
-register_method("houlsby", _adapter_method("houlsby"), "Houlsby adapters after attention and feed-forward + the head train",
-                {"reduction_factor": 16}, lr=1e-3)
-register_method("pfeiffer", _adapter_method("pfeiffer"), "Pfeiffer adapters after the feed-forward block + the head train",
-                {"reduction_factor": 16}, lr=1e-3);
+register_method("houlsby", description="Houlsby adapters after attention and feed-forward + the head train",
+                options={"reduction_factor": 16}, lr=1e-3, **_adapter_method("houlsby"))
+register_method("pfeiffer", description="Pfeiffer adapters after the feed-forward block + the head train",
+                options={"reduction_factor": 16}, lr=1e-3, **_adapter_method("pfeiffer"));
 
 # %% ../nbs/06_adapters.ipynb #7f61bfa4
 def adapterhub_config(config:str|AdapterConfig, # ours: an `AdapterConfig`, a preset name or an alias

@@ -7,6 +7,7 @@ Docs: https://lightft.github.io/lightft/cli.html.md"""
 # %% ../nbs/13_cli.ipynb #31609f2e
 from __future__ import annotations
 import argparse, json, sys
+from pathlib import Path
 
 # %% auto #0
 __all__ = ['build_parser', 'main']
@@ -16,6 +17,26 @@ class _Parser(argparse.ArgumentParser):
     "An `ArgumentParser` whose errors are one line: what was wrong and where to get help."
     def error(self, message):
         self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+def _whole_number(low:int):
+    "An argparse type: a whole number >= `low`, refused in one line otherwise."
+    def parse(text:str)->int:
+        try: value = int(text)
+        except ValueError: raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < low: raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+        return value
+    parse.__name__ = f"whole number >= {low}"
+    return parse
+
+def _check_out(out:str)->Path:
+    "The results folder, created and probed for writing now, before any training."
+    folder = Path(out)
+    if folder.exists() and not folder.is_dir(): raise ValueError(f"--out {out} is a file: give a folder for results.csv, results.json and results.png")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder/".lightft-write-test"; probe.write_text(""); probe.unlink()
+    except OSError as e: raise ValueError(f"--out {out} is not writable ({e.strerror or e})") from None
+    return folder
 
 def _cmd_env(args)->int:
     from lightft.core import env_report, format_env_report
@@ -37,9 +58,11 @@ def _cmd_compare(args)->int:
         for name, m in load_plugins().items(): print(f"{name:<18} {m.description}")
         return 0
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    if not methods: raise ValueError(f"--methods {args.methods!r} names no method; e.g. --methods full,head,bitfit (see --list)")
     for name in methods:
         try: get_method(name)
         except KeyError as e: raise ValueError(e.args[0]) from None
+    _check_out(args.out)                                  # a bad --out fails now, not after an hour of training
     from lightft.compare import compare, format_table, write_results
     rows = compare(args.model, args.task, methods, epochs=args.epochs, quick=args.quick, seed=args.seed,
                    data_dir=args.data_dir, baseline=not args.no_baseline)
@@ -63,7 +86,7 @@ def build_parser()->argparse.ArgumentParser:
                                      "--preset course reproduces the shipped tiny-bert; --preset quick runs in seconds.")
     pre.add_argument("--preset", default="course", choices=["quick", "course"], help="quick (seconds) or course (the shipped model; see its model card for the time)")
     pre.add_argument("--out", default=None, help="folder for the model, tokenizer, corpus manifest and model card (default: don't save)")
-    pre.add_argument("--steps", type=int, default=None, help="override the preset's number of optimizer steps")
+    pre.add_argument("--steps", type=_whole_number(1), default=None, help="override the preset's number of optimizer steps")
     pre.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     pre.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     pre.set_defaults(func=_cmd_pretrain)
@@ -74,7 +97,7 @@ def build_parser()->argparse.ArgumentParser:
     cmp.add_argument("--model", default="minilm-l6", help="model: minilm-l6, tiny-bert, a folder or a hub id (default: minilm-l6)")
     cmp.add_argument("--task", default="sentiment", help="task: sentiment, sst2 or imdb (default: sentiment)")
     cmp.add_argument("--methods", default="full,head,bitfit", help="comma-separated method names (default: full,head,bitfit); see --list")
-    cmp.add_argument("--epochs", type=int, default=None, help="passes over the training data (default: 3, or 2 with --quick)")
+    cmp.add_argument("--epochs", type=_whole_number(1), default=None, help="passes over the training data (default: 3, or 2 with --quick)")
     cmp.add_argument("--quick", action="store_true", help="the quick preset: 2 epochs, 64 tokens (minutes on a laptop CPU)")
     cmp.add_argument("--seed", type=int, default=0, help="random seed, the same for every method (default: 0)")
     cmp.add_argument("--data-dir", default=None, help="read the task's files from this folder (e.g. GLUE SST-2 TSVs)")
@@ -95,5 +118,6 @@ def main(argv:list|None=None, # arguments without the program name; default: `sy
     try: return args.func(args) or 0
     except KeyboardInterrupt:
         print(f"{parser.prog}: interrupted", file=sys.stderr); return 130
-    except (ValueError, FileNotFoundError, RuntimeError) as e:
-        print(f"{parser.prog}: error: {e}", file=sys.stderr); return 1
+    except (ValueError, TypeError, KeyError, OSError, RuntimeError, ModuleNotFoundError) as e:
+        message = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"{parser.prog}: error: {message}", file=sys.stderr); return 1

@@ -11,12 +11,13 @@ from pathlib import Path
 
 from .core import param_report, measure, set_seed, env_report, format_bytes
 from .data import load_task, get_task_spec
-from .models import load_plm
+from .models import load_plm, check_plm
 from .methods import apply_method, get_method, save_trainable
 from .train import fit, evaluate
 
 # %% auto #0
-__all__ = ['QUICK', 'labelled_splits', 'run_method', 'tfidf_baseline', 'compare', 'format_table', 'plot_results', 'write_results']
+__all__ = ['QUICK', 'SETTINGS', 'labelled_splits', 'run_method', 'tfidf_baseline', 'check_settings', 'compare', 'format_table',
+           'plot_results', 'write_results']
 
 # %% ../nbs/05b_compare.ipynb #d5dd4d5d
 def labelled_splits(data)->tuple:
@@ -29,19 +30,21 @@ def labelled_splits(data)->tuple:
 def run_method(model_name:str, # a name for `load_plm`: "minilm-l6", "tiny-bert", a folder or a hub id
                method:str, # a registered method, e.g. "bitfit" or "top2"
                data, # a `DatasetDict` from `load_task`
+               options:dict|None=None, # the method's options, e.g. {"r": 16} for LoRA (see `METHODS[method].options`)
                *,
                epochs:int=3, # passes over the training split
-               lr:float|None=None, # peak learning rate; default: the method's own (`METHODS[name].defaults`)
+               lr:float|None=None, # peak learning rate; default: the method's own (`METHODS[method].lr`)
                batch_size:int=32, # training examples per step
                max_length:int=128, # tokens per example (longer texts are truncated)
                seed:int=0, # seeds the new head, the method's new weights, dropout and data order
                train_subset:int|None=None, # train on a seeded subset of this many examples
                progress:bool=True, # tqdm progress bars
-               **options, # options of the method, e.g. k=2 for top-k or r=4 for LoRA
               )->dict:
     "Train `method` on `model_name` with `data` and measure it: one row of the results table."
-    spec, _ = get_method(method)
-    lr = lr if lr is not None else spec.defaults.get("lr", 5e-5)
+    spec, defaults = get_method(method)
+    options = dict(options or {})
+    spec.check_options({**defaults, **options})        # bad options fail here, before a model is loaded
+    lr = lr if lr is not None else spec.lr
     report_split, select_split = labelled_splits(data)
     labels = data["train"].features["label"].names
     model, tokenizer = load_plm(model_name, num_labels=len(labels), label_names=labels, seed=seed)
@@ -53,6 +56,7 @@ def run_method(model_name:str, # a name for `load_plm`: "minilm-l6", "tiny-bert"
     row = dict(model=model_name, method=method, trainable=counts.trainable, total=counts.total,
                pct_trainable=round(counts.pct_trainable, 4), lr=lr, epochs=epochs, best_epoch=history.best_epoch,
                steps=len(history.steps))
+    if options: row["options"] = json.dumps(options, sort_keys=True)
     results = {report_split: evaluate(model, tokenizer, data[report_split], max_length=max_length)}
     if "challenge" in data: results["challenge"] = evaluate(model, tokenizer, data["challenge"], max_length=max_length)
     for split, r in results.items():
@@ -61,6 +65,7 @@ def run_method(model_name:str, # a name for `load_plm`: "minilm-l6", "tiny-bert"
     row.update(train_seconds=round(history.train_seconds, 1), seconds_per_step=round(history.seconds_per_step, 3),
                peak_mb=round(history.peak_mb, 1))
     return row
+
 
 # %% ../nbs/05b_compare.ipynb #0e741268
 def tfidf_baseline(data, # a `DatasetDict` from `load_task`
@@ -93,24 +98,57 @@ def _run_in_fresh_process(*args, **kwargs)->dict:
     with tempfile.TemporaryDirectory() as d:
         job, out = Path(d) / "job.pkl", Path(d) / "row.json"
         job.write_bytes(pickle.dumps((args, kwargs)))      # our own file, read back by our own child process
-        code = "import sys; from lightft.compare import _run_job; _run_job(sys.argv[1], sys.argv[2])"
+        code = "import sys; from lightft.compare import _run_job; sys.exit(_run_job(sys.argv[1], sys.argv[2]))"
         done = subprocess.run([sys.executable, "-c", code, str(job), str(out)])
-        if done.returncode != 0 or not out.exists():
-            raise RuntimeError(f"training {args[1]!r} on {args[0]!r} failed in its process (exit code {done.returncode}); see the error above")
-        return json.loads(out.read_text())
+        result = json.loads(out.read_text()) if out.exists() else {}
+        if done.returncode != 0 or "error" in result:
+            why = result.get("error") or f"its process ended with exit code {done.returncode}"
+            raise RuntimeError(f"training {args[1]!r} on {args[0]!r} failed: {why}")
+        return result
 
-def _run_job(job:str, out:str):
-    "The child side of `_run_in_fresh_process`."
+def _run_job(job:str, out:str)->int:
+    "The child side of `_run_in_fresh_process`: the row, or the error as one line (never a traceback)."
     import pickle
     args, kwargs = pickle.loads(Path(job).read_bytes())
-    Path(out).write_text(json.dumps(run_method(*args, **kwargs)))
+    try: Path(out).write_text(json.dumps(run_method(*args, **kwargs)))
+    except KeyboardInterrupt: raise
+    except Exception as e:
+        first = (str(e).strip().splitlines() or [""])[0]             # one line: the traceback stays in the child
+        Path(out).write_text(json.dumps({"error": f"{type(e).__name__}: {first}"}))
+        return 1
+    return 0
 
 QUICK = dict(epochs=2, max_length=64)   # `--quick`: fewer epochs, shorter texts — minutes on a laptop CPU
+SETTINGS = ("epochs", "lr", "batch_size", "max_length", "train_subset")   # run settings `compare` passes to every `run_method`
+
+def check_settings(settings:dict, # run settings by name, e.g. {"epochs": 3, "lr": 1e-3}
+                  )->dict:
+    "Refuse a misspelt or out-of-range run setting with one clear line; returns `settings`."
+    unknown = sorted(set(settings) - set(SETTINGS))
+    if unknown: raise TypeError(f"unknown setting {', '.join(map(repr, unknown))}; the run settings are {', '.join(SETTINGS)}")
+    def whole(name, low):
+        v = settings.get(name)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < low):
+            raise ValueError(f"{name} must be a whole number >= {low}, got {v!r}")
+    whole("epochs", 1); whole("batch_size", 1); whole("max_length", 2); whole("train_subset", 1)
+    lr = settings.get("lr")
+    if lr is not None and (isinstance(lr, bool) or not isinstance(lr, (int, float)) or not (0 < lr < 10)):
+        raise ValueError(f"lr must be a number > 0 (e.g. 5e-5), got {lr!r}")
+    return settings
+
+def _layer_count(model:str)->int|None:
+    "Encoder layers of `model` from its config, without loading weights (None when it cannot be known here)."
+    from lightft.models import PLMS, MINILM_L6_CONFIG, plm_dir
+    if model == "minilm-l6": return MINILM_L6_CONFIG["num_hidden_layers"]
+    folder = plm_dir(model, verify=False) if model in PLMS else Path(model)
+    config = folder/"config.json"
+    return json.loads(config.read_text()).get("num_hidden_layers") if config.exists() else None
 
 def compare(model:str="minilm-l6", # a name for `load_plm`
             task:str="sentiment", # a task for `load_task`
             methods:tuple|list|str=("full", "head", "bitfit"), # registered methods (or one comma-separated string)
             *,
+            options:dict|None=None, # options per method, e.g. {"lora": {"r": 16}}
             epochs:int|None=None, # passes over the training data; default 3 (2 with `quick`)
             quick:bool=False, # the quick preset: 2 epochs, max_length 64
             seed:int=0, # the same seed for every method
@@ -118,23 +156,41 @@ def compare(model:str="minilm-l6", # a name for `load_plm`
             baseline:bool=True, # add the TF-IDF + logistic-regression row
             isolate:bool=True, # run each method in a fresh process, so its peak memory is its own
             progress:bool=True, # progress bars
-            **kwargs, # passed on to `run_method` (batch_size, max_length, train_subset, ...)
+            **settings, # run settings passed on to `run_method`: lr, batch_size, max_length, train_subset
            )->list:
     "Run every method in `methods` on `model` and `task` the same way; returns the rows of the results table."
     if isinstance(methods, str): methods = [m.strip() for m in methods.split(",") if m.strip()]
-    for name in methods: get_method(name)      # fail before any training on an unknown name
-    settings = {**(QUICK if quick else dict(epochs=3, max_length=128)), **kwargs}
+    if not methods: raise ValueError("no methods to compare: name at least one, e.g. methods='full,head,bitfit'")
+    options = dict(options or {})
+    for name in methods:                       # everything is checked before any training
+        spec, defaults = get_method(name)
+        spec.check_options({**defaults, **options.get(name, {})})
+    stray = sorted(set(options) - set(methods))
+    if stray: raise ValueError(f"options given for {', '.join(stray)}, which is not among the methods {', '.join(methods)}")
+    settings = {**(QUICK if quick else dict(epochs=3, max_length=128)), **settings}
     if epochs is not None: settings["epochs"] = epochs
+    check_settings(settings)
+    kind = get_task_spec(task).kind
+    if kind != "classification":
+        raise ValueError(f"compare trains classification tasks so far; {task!r} is a {kind} task "
+                         "(chapter 9 gives its data, tokenisation, metrics and inference helpers)")
+    check_plm(model)
+    layers = _layer_count(model)
+    for name in methods:
+        k = {**get_method(name)[1], **options.get(name, {})}.get("k") if get_method(name)[0].name == "top-k" else None
+        if k is not None and layers is not None and k > layers:
+            raise ValueError(f"{name}: top-k with k={k}, but {model} has {layers} encoder layers: choose 0 <= k <= {layers}")
     data = load_task(task, data_dir=data_dir)
     rows = [tfidf_baseline(data, seed=seed)] if baseline else []
     run = _run_in_fresh_process if isolate else run_method
     try:
         for name in methods:
             if progress: print(f"--- {model} / {name}", flush=True)
-            rows.append(run(model, name, data, seed=seed, progress=progress, **settings))
+            rows.append(run(model, name, data, options.get(name), seed=seed, progress=progress, **settings))
     except KeyboardInterrupt:
         print(f"interrupted: keeping the {len(rows)} finished row(s)", flush=True)
     return rows
+
 
 # %% ../nbs/05b_compare.ipynb #a0228a3e
 def _fmt(value, kind):

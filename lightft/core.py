@@ -9,14 +9,16 @@ from __future__ import annotations
 import os, sys, time, random, platform, threading, importlib.util, importlib.metadata
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
 # %% auto #0
-__all__ = ['OFFLINE_MODEL_PACKAGES', 'package_dir', 'get_device', 'env_report', 'format_env_report', 'set_seed', 'format_bytes',
-           'ParamReport', 'param_report', 'Measurement', 'measure']
+__all__ = ['OFFLINE_MODEL_PACKAGES', 'SLOW_ENV', 'package_dir', 'cache_dir', 'get_device', 'env_report', 'format_env_report',
+           'set_seed', 'format_bytes', 'ParamReport', 'param_report', 'Measurement', 'measure', 'eval_mode',
+           'slow_enabled', 'run_slow']
 
 # %% ../nbs/00_core.ipynb #9674fa74
 OFFLINE_MODEL_PACKAGES = {
@@ -33,6 +35,11 @@ def package_dir(module_name:str, # importable name of the package, e.g. "gt_all_
     spec = importlib.util.find_spec(module_name)
     if spec is None or not spec.submodule_search_locations: return None
     return list(spec.submodule_search_locations)[0]
+
+def cache_dir()->Path:
+    "Where lightft caches what it builds (corpora, converted models): `$LIGHTFT_CACHE`, else `~/.cache/lightft`."
+    default = Path(os.environ.get("XDG_CACHE_HOME", Path.home()/".cache"))/"lightft"
+    return Path(os.environ.get("LIGHTFT_CACHE", default))
 
 def _version(dist:str)->str|None:
     try: return importlib.metadata.version(dist)
@@ -206,3 +213,31 @@ def measure(device:str|torch.device|None=None, # where to track memory; default:
         m.seconds = time.perf_counter() - start
         stop.set(); sampler.join()
         m.peak_bytes = max(m.peak_bytes, _rss_bytes())
+
+# %% ../nbs/00_core.ipynb #5cd39548
+@contextmanager
+def eval_mode(model:nn.Module, # the model to evaluate; its train/eval state is restored afterwards
+             ):
+    "Put `model` in evaluation mode (dropout off) and gradients off for the block; restore its previous mode even on an error."
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(): yield model
+    finally: model.train(was_training)
+
+# %% ../nbs/00_core.ipynb #db7912bb
+SLOW_ENV = "LIGHTFT_SLOW"   # set to 1 to run class-length cells
+
+def slow_enabled()->bool:
+    "Whether class-length cells run: `LIGHTFT_SLOW=1` in the environment."
+    return _truthy(os.environ.get(SLOW_ENV))
+
+def run_slow(what:str,         # what the cell does, e.g. "train 5 methods on 2 models"
+             minutes:float,     # about how long it takes on a 2-core laptop CPU
+             reads:str|None=None, # the results file (or folder) the following cells read instead
+            )->bool:
+    "`True` when class-length cells should run (`LIGHTFT_SLOW=1`); otherwise print one line saying what was skipped and return `False`."
+    if slow_enabled(): return True
+    instead = f"; the cells below read {reads}" if reads else ""
+    print(f"skipped (about {minutes:g} min on 2 CPU cores): {what}{instead}. Set {SLOW_ENV}=1 to run it.")
+    return False

@@ -11,6 +11,7 @@ from collections import Counter, defaultdict
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import datasets
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
@@ -19,14 +20,14 @@ import torch
 from .core import package_dir
 
 # %% auto #0
-__all__ = ['TASKS', 'SENTIMENT_FRACTIONS', 'TaskSpec', 'get_task_spec', 'read_jsonl', 'words', 'word_ngrams', 'jaccard',
-           'near_duplicate_pairs', 'build_sentiment_splits', 'sentiment_dir', 'read_glue_tsv', 'load_task', 'tokenize',
-           'PadCollator']
+__all__ = ['TASK_KINDS', 'TASKS', 'TASK_MODULES', 'SENTIMENT_FRACTIONS', 'TaskSpec', 'register_task', 'load_task_plugins',
+           'get_task_spec', 'read_jsonl', 'words', 'word_ngrams', 'jaccard', 'near_duplicate_pairs',
+           'build_sentiment_splits', 'sentiment_dir', 'read_glue_tsv', 'load_task', 'tokenize', 'PadCollator']
 
 # %% ../nbs/03_data.ipynb #855d8541
 @dataclass(frozen=True)
 class TaskSpec:
-    "What a text-classification task is: labels, metric, text columns, splits and where its data comes from."
+    "What a task is: its kind, labels, metric, text columns, splits and where its data comes from."
     name:str                                  # short name used by `load_task`, e.g. "sentiment"
     labels:tuple                              # label names; the position of a name is its label id
     metric:str = "accuracy"                   # the headline metric the course reports
@@ -36,9 +37,16 @@ class TaskSpec:
     hub_id:str|None = None                    # `datasets.load_dataset` path when online
     hub_config:str|None = None                # its configuration name, if any
     how_to_get:str = ""                       # what to do when the data is not on this machine
+    kind:str = "classification"               # one of `TASK_KINDS`
+    loader:Callable|None = None               # loader(spec, split, data_dir, **options) -> DatasetDict; None: the classification loaders below
+
+    def __post_init__(self):
+        if self.kind not in TASK_KINDS: raise ValueError(f"task {self.name!r}: kind must be one of {', '.join(TASK_KINDS)}, not {self.kind!r}")
 
     @property
     def num_labels(self)->int: return len(self.labels)
+
+TASK_KINDS = ("classification", "token-classification", "question-answering", "translation")
 
 TASKS = {
     "sentiment": TaskSpec(
@@ -58,10 +66,29 @@ TASKS = {
         how_to_get="download aclImdb_v1.tar.gz from https://ai.stanford.edu/~amaas/data/sentiment/, unpack it and call load_task('imdb', data_dir='path/to/aclImdb')"),
 }
 
+TASK_MODULES = ("lightft.tasks",)   # chapter modules that register more tasks (chapter 9: NER, QA, translation)
+
+def register_task(spec:TaskSpec, # the task to add to `TASKS` under `spec.name`
+                  replace:bool=False, # allow replacing a task already registered under that name
+                 )->TaskSpec:
+    "Add `spec` to `TASKS` so that `load_task(spec.name)` finds it; returns `spec`."
+    if spec.name in TASKS and not replace and TASKS[spec.name] != spec: raise ValueError(f"a task {spec.name!r} is already registered; pass replace=True")
+    TASKS[spec.name] = spec
+    return spec
+
+def load_task_plugins()->dict:
+    "Import every chapter module that registers tasks (those that exist in this version); returns `TASKS`."
+    import importlib, importlib.util
+    for module in TASK_MODULES:
+        if importlib.util.find_spec(module) is not None: importlib.import_module(module)
+    return TASKS
+
 def get_task_spec(name:str, # a task name from `TASKS`, e.g. "sentiment"
                  )->TaskSpec:
     "The `TaskSpec` registered under `name`; an unknown name raises an error that lists the known ones."
-    spec = TASKS.get(str(name).strip().lower())
+    key = str(name).strip().lower()
+    if key not in TASKS: load_task_plugins()
+    spec = TASKS.get(key)
     if spec is None: raise ValueError(f"unknown task {name!r}; known tasks: {', '.join(TASKS)}")
     return spec
 
@@ -250,6 +277,7 @@ def read_glue_tsv(path:str|Path, # a GLUE-format file: header `sentence<TAB>labe
     with open(path, encoding="utf-8", newline="") as f: lines = [l.rstrip("\r\n") for l in f]
     while lines and not lines[-1].strip(): lines.pop()
     if not lines: raise ValueError(f"{path}: the file is empty (expected a header line 'sentence\\tlabel')")
+    if len(lines) == 1: raise ValueError(f"{path}: only a header line, no examples")
     header = lines[0].split("\t")
     text_col = next((c for c in ("sentence", "text") if c in header), None)
     if text_col is None: raise ValueError(f"{path}, line 1: no 'sentence' (or 'text') column in the header {header}; expected 'sentence\\tlabel'")
@@ -316,14 +344,19 @@ def _load_from_hub(spec:TaskSpec, wanted:list)->DatasetDict:
     return DatasetDict({s: out[s] for s in wanted if s in out})
 
 # %% ../nbs/03_data.ipynb #e0c7e6f8
-def load_task(name:str, # a task from `TASKS`: "sentiment", "sst2" or "imdb"
+def load_task(name:str, # a task from `TASKS`: "sentiment", "sst2", "imdb", or a task of chapter 9 ("ner", "qa", "translation", …)
               split:str|None=None, # one split ("train", "validation", "test", "challenge"); default: all of them
               data_dir:str|Path|None=None, # read the task's files from this folder instead of the package or the hub
+              **options, # options of a task with its own loader, e.g. `direction="zh-en"` for "translation"
              )->DatasetDict|Dataset:
-    "A task as a `DatasetDict` (or one `Dataset` if `split` is given) with a `text` column and a `ClassLabel` `label` column."
+    "A task as a `DatasetDict` (or one `Dataset` if `split` is given); classification tasks have a `text` column and a `ClassLabel` `label` column."
     spec = get_task_spec(name)
     if split is not None and split not in spec.splits:
         raise ValueError(f"task {spec.name!r} has no split {split!r}; its splits are: {', '.join(spec.splits)}")
+    if spec.loader is not None:
+        data = spec.loader(spec, split=split, data_dir=data_dir, **options)
+        return data[split] if split else data
+    if options: raise TypeError(f"task {spec.name!r} takes no options, got {', '.join(sorted(options))}")
     wanted = [split] if split else list(spec.splits)
     if spec.name == "sentiment":
         folder = Path(data_dir) if data_dir is not None else sentiment_dir()

@@ -23,7 +23,7 @@ def _get(module:nn.Module, path:str):
 
 def model_parts(model:nn.Module, # a 🤗 Transformers model with a task head, e.g. `BertForSequenceClassification`
                )->dict:
-    "The `base` model, its `embeddings`, its list of `layers` and the `head` modules outside the base."
+    "The `base` model, its `embeddings`, its list of `layers` and the task `head`: the modules outside the base that no method added."
     base = getattr(model, "base_model", None)
     if base is None or base is model and not any(True for _ in model.named_children()):
         raise TypeError(f"{type(model).__name__} has no `base_model`: pass a 🤗 Transformers model (e.g. AutoModelForSequenceClassification)")
@@ -32,7 +32,8 @@ def model_parts(model:nn.Module, # a 🤗 Transformers model with a task head, e
         raise TypeError(f"can't find the encoder layers of {type(model).__name__}: expected a ModuleList at one of "
                         f"{', '.join('base_model.' + p for p in _LAYER_PATHS)} (BERT-style encoders)")
     embeddings = getattr(base, "embeddings", None) or getattr(base, "embed_tokens", None) or getattr(base, "wte", None)
-    head = {name: m for name, m in model.named_children() if m is not base}
+    # the task head: the modules outside the base model, except what a method added there (a soft prompt, say)
+    head = {name: m for name, m in model.named_children() if m is not base and not getattr(m, "lightft_method_module", False)}
     return dict(base=base, embeddings=embeddings, layers=layers, head=head)
 
 # %% ../nbs/05_freezing.ipynb #018266e6

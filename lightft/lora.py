@@ -7,6 +7,7 @@ Docs: https://lightft.github.io/lightft/lora.html.md"""
 # %% ../nbs/07_lora.ipynb #938b4f1c
 from __future__ import annotations
 import json, math
+from dataclasses import dataclass
 from pathlib import Path
 import torch
 import torch.nn.functional as F
@@ -16,12 +17,13 @@ from .freeze import freeze, unfreeze_head, model_parts
 from .methods import register_method
 
 # %% auto #0
-__all__ = ['LoRALinear', 'lora_layers', 'add_lora', 'merge_lora', 'unmerge_lora', 'remove_lora', 'peft_config', 'export_peft']
+__all__ = ['LoRALinear', 'lora_layers', 'LoraConfig', 'add_lora', 'mark_only_lora_as_trainable', 'merge_lora', 'unmerge_lora',
+           'remove_lora', 'peft_config', 'export_peft']
 
 # %% ../nbs/07_lora.ipynb #3586c870
 class LoRALinear(nn.Module):
     "A frozen `nn.Linear` plus a trainable low-rank update: $y = xW^\\top + b + \\frac{\\alpha}{r}\\,x A^\\top B^\\top$."
-    def __init__(self, base_layer:nn.Linear, # the pretrained layer; kept (frozen) as `self.base_layer`
+    def __init__(self, base_layer:nn.Linear, # the pretrained layer, kept as `self.base_layer` (its `requires_grad` untouched)
                  r:int=8,            # rank of the update: A is (r, in_features), B is (out_features, r)
                  alpha:float=16,     # the update is scaled by alpha / r
                  dropout:float=0.0,  # dropout on the input of the low-rank path only (no module at all when 0)
@@ -29,7 +31,7 @@ class LoRALinear(nn.Module):
         super().__init__()
         if not isinstance(base_layer, nn.Linear): raise TypeError(f"LoRALinear wraps an nn.Linear, got {type(base_layer).__name__}")
         if r < 1: raise ValueError(f"the rank r must be at least 1, got r={r}")
-        self.base_layer, self.r, self.alpha, self.scaling = base_layer.requires_grad_(False), r, alpha, alpha / r
+        self.base_layer, self.r, self.alpha, self.scaling = base_layer, r, alpha, alpha / r   # freezing is the caller's: mark_only_lora_as_trainable
         w = base_layer.weight
         self.lora_A = nn.Parameter(torch.empty(r, base_layer.in_features, dtype=w.dtype, device=w.device))
         self.lora_B = nn.Parameter(torch.zeros(base_layer.out_features, r, dtype=w.dtype, device=w.device))
@@ -62,28 +64,61 @@ def lora_layers(model:nn.Module, # any model
     "The `LoRALinear` layers of `model` by module name."
     return {name: m for name, m in model.named_modules() if isinstance(m, LoRALinear)}
 
+@dataclass(frozen=True)
+class LoraConfig:
+    "LoRA's options, checked: where the low-rank updates go and how large they are."
+    r:int = 8                          # rank of each update, >= 1
+    alpha:float = 16                   # scale: the update is (alpha / r)·BA; > 0
+    targets:tuple|str = ("query", "value") # module names (or name endings), or "all-linear"
+    dropout:float = 0.0                # dropout on the low-rank path's input, in [0, 1)
+
+    def __post_init__(self):
+        if isinstance(self.r, bool) or not isinstance(self.r, int) or self.r < 1:
+            raise ValueError(f"LoraConfig: r must be a whole number >= 1, got {self.r!r}")
+        if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)) or not self.alpha > 0:
+            raise ValueError(f"LoraConfig: alpha must be a number > 0, got {self.alpha!r}")
+        if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1:
+            raise ValueError(f"LoraConfig: dropout must be a number in [0, 1), got {self.dropout!r}")
+        targets = (self.targets,) if isinstance(self.targets, str) and self.targets != "all-linear" else self.targets
+        if isinstance(targets, (list, tuple)):
+            if not targets or not all(isinstance(t, str) and t for t in targets):
+                raise ValueError(f"LoraConfig: targets must be a non-empty list of module names, or 'all-linear'; got {self.targets!r}")
+            targets = tuple(targets)
+        elif targets != "all-linear":
+            raise TypeError(f"LoraConfig: targets must be a list of module names or 'all-linear', got {type(self.targets).__name__}")
+        object.__setattr__(self, "targets", targets)
+
 def add_lora(model:nn.Module,            # a 🤗 Transformers model (or any module with nn.Linear layers)
              r:int=8,                     # rank of each update
              alpha:float=16,              # scale: the update is (alpha / r)·BA
              targets=("query", "value"),  # module names (or name endings) to adapt, or "all-linear" for every nn.Linear of the base model
              dropout:float=0.0,           # dropout on the low-rank path's input
             )->nn.Module:
-    "Wrap the target `nn.Linear` layers of `model` in `LoRALinear` and freeze everything else: afterwards only A and B train."
+    "Wrap the target `nn.Linear` layers of `model` in `LoRALinear` (A and B trainable); freezes nothing else."
+    config = LoraConfig(r, alpha, targets, dropout)      # refuse bad options before the model is touched
+    r, alpha, targets, dropout = config.r, config.alpha, config.targets, config.dropout
     if lora_layers(model): raise ValueError("the model already has LoRA layers: call remove_lora(model) first")
     if targets == "all-linear":
         root = getattr(model, "base_model", model)   # the base model: never the task head
         prefix = next(n for n, m in model.named_modules() if m is root)
         chosen = [(f"{prefix}.{n}".strip("."), m) for n, m in root.named_modules() if isinstance(m, nn.Linear)]
     else:
-        if isinstance(targets, str): targets = (targets,)
         chosen = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear) and _matches(n, targets)]
     if not chosen:
         linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, nn.Linear)})
         raise ValueError(f"no nn.Linear layer matches targets={targets!r}; this model's linear layers are named {linear}")
-    freeze(model)
     for name, layer in chosen:
         parent, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent), child, LoRALinear(layer, r, alpha, dropout))
+    return model
+
+def mark_only_lora_as_trainable(model:nn.Module, # a model with LoRA layers
+                               )->nn.Module:
+    "Freeze every parameter except the LoRA matrices A and B (loralib's verb of the same name)."
+    layers = lora_layers(model)
+    if not layers: raise ValueError("the model has no LoRA layers: add_lora(model) first")
+    freeze(model)
+    for layer in layers.values(): layer.lora_A.requires_grad_(True); layer.lora_B.requires_grad_(True)
     return model
 
 # %% ../nbs/07_lora.ipynb #6e33ce08
@@ -130,12 +165,13 @@ def remove_lora(model:nn.Module, # a model with LoRA layers
     return model
 
 # %% ../nbs/07_lora.ipynb #4e37ae5f
-def _apply_lora(model:nn.Module, **options)->nn.Module:
-    "The `lora` method: `add_lora` with the registered options (the defaults live there, once), and the head trains."
-    return unfreeze_head(add_lora(model, **options))
+def _mark_lora(model:nn.Module, **options)->nn.Module:
+    "The `lora` method's trainable parameters: A and B of every LoRA layer, and the task head."
+    return unfreeze_head(mark_only_lora_as_trainable(model))
 
-register_method("lora", _apply_lora, "LoRA: low-rank updates (α/r)·BA of the query and value projections, and the head, train",
-                {"r": 8, "alpha": 16, "targets": ["query", "value"], "dropout": 0.0}, lr=1e-3);
+register_method("lora", _mark_lora, "LoRA: low-rank updates (α/r)·BA of the query and value projections, and the head, train",
+                {"r": 8, "alpha": 16, "targets": ["query", "value"], "dropout": 0.0},
+                add=add_lora, remove=remove_lora, config=LoraConfig, lr=1e-3);
 
 # %% ../nbs/07_lora.ipynb #666b3258
 _PEFT_TASK_TYPES = {"ForSequenceClassification": "SEQ_CLS", "ForTokenClassification": "TOKEN_CLS",

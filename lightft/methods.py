@@ -1,4 +1,4 @@
-"""One table of methods — a name, a description, default hyper-parameters — so the training loop, the command line, the comparison and the tests treat every method alike; and checkpoints that hold only what was trained.
+"""One table of methods and one lifecycle — add, mark trainable, remove — so the training loop, the command line, the comparison and the tests treat every method alike; and checkpoints that hold only what was trained.
 
 Docs: https://lightft.github.io/lightft/methods.html.md"""
 
@@ -16,32 +16,49 @@ from .freeze import freeze, unfreeze, train_head_only, train_top_layers, train_b
 
 # %% auto #0
 __all__ = ['METHODS', 'PLUGIN_MODULES', 'Method', 'register_method', 'load_plugins', 'get_method', 'base_fingerprint',
-           'apply_method', 'trainable_state_dict', 'save_trainable', 'load_trainable']
+           'current_method', 'remove_method', 'apply_method', 'TopKConfig', 'trainable_state_dict', 'tensors_sha256',
+           'save_trainable', 'read_checkpoint', 'load_trainable']
 
 # %% ../nbs/05a_methods.ipynb #e911e43e
 @dataclass
 class Method:
-    "A lightweight fine-tuning method: a name, what it does, the function that applies it and its default hyper-parameters."
+    "A lightweight fine-tuning method: what it adds to a model, which parameters it trains, how it leaves again, and its learning rate."
     name:str
     description:str
-    apply:Callable                              # apply(model, **options) -> model, only the method's parameters trainable
-    defaults:dict = field(default_factory=dict) # default training hyper-parameters, e.g. {"lr": 1e-3}
-    options:dict = field(default_factory=dict)  # default options passed to `apply`
+    mark_trainable:Callable                     # mark_trainable(model, **options): make the method's parameters trainable (the model is frozen)
+    add:Callable|None = None                    # add(model, **options): insert the method's modules; freezes nothing. None: adds nothing
+    remove:Callable|None = None                 # remove(model): take the inserted modules out again, restoring the originals
+    lr:float = 5e-5                             # the default peak learning rate of the method
+    options:dict = field(default_factory=dict)  # default options, passed to `add` and `mark_trainable`
+    config:Callable|None = None                 # config(**options) -> a typed config that checks the options; None: no options
+
+    def check_options(self, options:dict, # the method's options, defaults included
+                     ):
+        "The typed config for `options`: raises `TypeError`/`ValueError` naming a bad option before any model is touched."
+        if self.config is None:
+            if options: raise TypeError(f"method {self.name!r} takes no options, got {', '.join(sorted(options))}")
+            return None
+        return self.config(**options)
 
 METHODS:dict = {}
 
 def register_method(name:str, # the name used by `apply_method`, `lightft compare --methods` and the tables
-                    apply:Callable, # `apply(model, **options) -> model`
+                    mark_trainable:Callable, # `mark_trainable(model, **options)`: which parameters train
                     description:str, # one line for tables and `--help`
-                    options:dict|None=None, # default options of `apply`
-                    **defaults, # default hyper-parameters for training (lr, epochs, ...)
+                    options:dict|None=None, # default options of the method
+                    *,
+                    add:Callable|None=None, # `add(model, **options)`: insert modules (freeze nothing)
+                    remove:Callable|None=None, # `remove(model)`: take them out again
+                    config:Callable|None=None, # `config(**options)`: a typed config whose `__post_init__` checks the options
+                    lr:float=5e-5, # default peak learning rate
                    )->Method:
     "Add a method to `METHODS` (later chapters register adapters, LoRA and prompts this way)."
-    METHODS[name] = Method(name, description, apply, defaults, options or {})
+    if (add is None) != (remove is None): raise ValueError(f"method {name!r}: a method that adds modules must also remove them (give add and remove)")
+    METHODS[name] = Method(name, description, mark_trainable, add, remove, lr, dict(options or {}), config)
     return METHODS[name]
 
 # Chapters that register methods when imported; `get_method` imports them on demand.
-PLUGIN_MODULES = ("lightft.adapters", "lightft.lora", "lightft.prompting")
+PLUGIN_MODULES = ("lightft.adapters", "lightft.lora", "lightft.prompting", "lightft.prompt_tuning")
 
 def load_plugins()->dict:
     "Import every chapter module that registers methods (those that exist in this version); returns `METHODS`."
@@ -52,12 +69,14 @@ def load_plugins()->dict:
 
 def get_method(name:str, # a registered name, or `top<k>` such as `top2`
               )->tuple:
-    "The registered `Method` for `name` and the options its name implies (`top2` → `k=2`)."
+    "The registered `Method` for `name` and its options: the defaults, with what the name implies (`top2` → `k=2`)."
+    if not isinstance(name, str) or not name.strip(): raise KeyError(f"a method name must be a non-empty string, got {name!r}")
     if name not in METHODS: load_plugins()
     if name in METHODS: return METHODS[name], dict(METHODS[name].options)
     m = re.fullmatch(r"top-?(\d+)", name)
-    if m: return METHODS["top-k"], {"k": int(m.group(1))}
+    if m: return METHODS["top-k"], {**METHODS["top-k"].options, "k": int(m.group(1))}
     raise KeyError(f"unknown method {name!r}; known methods: {', '.join(METHODS)} (top-k is written top1, top2, ...)")
+
 
 # %% ../nbs/05a_methods.ipynb #92e84d3b
 def base_fingerprint(model:nn.Module, # a 🤗 Transformers model; only `model.base_model` is hashed
@@ -69,73 +88,159 @@ def base_fingerprint(model:nn.Module, # a 🤗 Transformers model; only `model.b
         h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()[:16]
 
+def current_method(model:nn.Module)->str|None:
+    "The name of the method `model` carries (set by `apply_method`), or `None`."
+    return getattr(model, "lightft_method", None)
+
+def _clear_lightft_attributes(model:nn.Module):
+    for attr in [a for a in vars(model) if a.startswith("lightft_")]: delattr(model, attr)
+
+def remove_method(model:nn.Module, # a model prepared with `apply_method` (a model without a method is returned as it is)
+                 )->nn.Module:
+    "Take the model's method out again: its modules removed, every `requires_grad` flag as before, every `lightft_*` attribute gone."
+    name = current_method(model)
+    if name is None: return model
+    method, _ = get_method(name)
+    if method.remove is not None: method.remove(model)
+    flags = getattr(model, "lightft_requires_grad", {})
+    for n, p in model.named_parameters():
+        if n in flags: p.requires_grad_(flags[n])
+    _clear_lightft_attributes(model)
+    return model
 
 def apply_method(model:nn.Module, # a 🤗 Transformers model with a task head
                  name:str,         # a registered method name (see `METHODS`), e.g. "bitfit" or "top2"
+                 *,
+                 replace:bool=False, # the model already has a method: remove it first (otherwise that is an error)
                  **options,        # options of the method, overriding its defaults
                 )->nn.Module:
-    "Prepare `model` for the method `name`: afterwards only the method's parameters are trainable."
-    method, implied = get_method(name)
-    options = {**implied, **options}
-    if not hasattr(model, "lightft_base_fingerprint"): model.lightft_base_fingerprint = base_fingerprint(model)
-    model = method.apply(model, **options)
+    "Prepare `model` for the method `name`: freeze it, add the method's modules, mark its parameters trainable."
+    if not isinstance(model, nn.Module): raise TypeError(f"apply_method needs a PyTorch model, got {type(model).__name__}")
+    method, defaults = get_method(name)
+    options = {**defaults, **options}
+    method.check_options(options)                      # bad options are refused before the model is touched
+    model_parts(model)                                 # ... and so is a model that is not a 🤗 model with a task head
+    old = current_method(model)
+    if old is not None:
+        if not replace:
+            raise ValueError(f"the model already has the method {old!r}; to use {name!r} instead, call "
+                             f"apply_method(model, {name!r}, replace=True) or remove_method(model) first")
+        remove_method(model)
+    fingerprint = base_fingerprint(model)              # of the pretrained weights, before anything is added
+    flags = {n: p.requires_grad for n, p in model.named_parameters()}
+    added = False
+    try:
+        freeze(model)
+        if method.add is not None: method.add(model, **options); added = True
+        method.mark_trainable(model, **options)
+    except BaseException:                              # undo: the caller's model is left as it was
+        if added: method.remove(model)
+        for n, p in model.named_parameters():
+            if n in flags: p.requires_grad_(flags[n])
+        raise
     model.lightft_method, model.lightft_options = name, options
+    model.lightft_base_fingerprint, model.lightft_requires_grad = fingerprint, flags
     return model
 
-# %% ../nbs/05a_methods.ipynb #87e0f14c
-def _full(model:nn.Module)->nn.Module: return unfreeze(model)
 
-register_method("full", _full, "full fine-tuning: every weight trains", lr=5e-5)
+# %% ../nbs/05a_methods.ipynb #87e0f14c
+@dataclass(frozen=True)
+class TopKConfig:
+    "Options of the top-k method."
+    k:int = 2   # how many of the top encoder layers train (with the head); 0 is head-only
+
+    def __post_init__(self):
+        if isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 0:
+            raise ValueError(f"top-k: k must be a whole number >= 0, got {self.k!r}")
+
+def _mark_full(model:nn.Module)->nn.Module: return unfreeze(model)
+
+register_method("full", _mark_full, "full fine-tuning: every weight trains", lr=5e-5)
 register_method("head", train_head_only, "head only (linear probe): the classifier trains, the body is frozen", lr=1e-2)
-register_method("top-k", train_top_layers, "the top k encoder layers and the head train (write top1, top2, ...)", {"k": 2}, lr=1e-4)
+register_method("top-k", train_top_layers, "the top k encoder layers and the head train (write top1, top2, ...)", {"k": 2},
+                config=TopKConfig, lr=1e-4)
 register_method("bitfit", train_bitfit, "BitFit: all bias terms and the head train", lr=5e-3)
 register_method("frozen-embeddings", freeze_embeddings, "everything but the embeddings trains", lr=5e-5);
+
 
 # %% ../nbs/05a_methods.ipynb #8892df51
 def trainable_state_dict(model:nn.Module)->dict:
     "The trainable parameters of `model` by name (detached copies)."
     return {n: p.detach().clone().contiguous() for n, p in model.named_parameters() if p.requires_grad}
 
+def tensors_sha256(tensors:dict, # name -> tensor
+                  )->str:
+    "sha256 over the names, dtypes, shapes and bytes of `tensors` (in name order): detects a bit flipped anywhere in them."
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+        h.update(t.view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
 def save_trainable(model:nn.Module, # a model prepared with `apply_method` and trained
                    path:str|Path,   # the .safetensors file to write
                   )->int:
-    "Save only the trainable weights of `model` with its method and base-model fingerprint; returns the file size in bytes."
+    "Save only the trainable weights of `model` with its method, base-model fingerprint and a sha256 of the tensors; returns the file size in bytes."
     from safetensors.torch import save_file
-    if not hasattr(model, "lightft_method"):
+    if current_method(model) is None:
         raise ValueError("the model has no method: prepare it with apply_method(model, name) before training and saving")
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
+    path = Path(path)
+    if path.is_dir(): raise IsADirectoryError(f"{path} is a folder: give a file name, e.g. {path / 'trained.safetensors'}")
+    path.parent.mkdir(parents=True, exist_ok=True)
     from lightft import __version__
+    tensors = trainable_state_dict(model)
     meta = {"lightft_method": model.lightft_method, "lightft_options": json.dumps(model.lightft_options, sort_keys=True),
-            "base_fingerprint": model.lightft_base_fingerprint, "lightft_version": __version__}
-    save_file(trainable_state_dict(model), str(path), metadata=meta)
+            "base_fingerprint": model.lightft_base_fingerprint, "tensors_sha256": tensors_sha256(tensors),
+            "lightft_version": __version__}
+    save_file(tensors, str(path), metadata=meta)
     return path.stat().st_size
+
+def read_checkpoint(path:str|Path, # a file written by `save_trainable`
+                   )->tuple:
+    "The `(tensors, metadata)` of a checkpoint, verified: a clear error for a missing, truncated, corrupted or foreign file."
+    from safetensors import safe_open, SafetensorError
+    path = Path(path)
+    if path.is_dir(): raise IsADirectoryError(f"{path} is a folder, not a checkpoint file (save_trainable writes one .safetensors file)")
+    if not path.exists(): raise FileNotFoundError(f"{path}: no such checkpoint (write one with save_trainable)")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise ValueError(f"{path} is not a readable safetensors checkpoint (truncated or corrupted?): {e}") from None
+    if "lightft_method" not in meta: raise ValueError(f"{path} was not written by save_trainable (no lightft metadata)")
+    if "tensors_sha256" in meta and tensors_sha256(tensors) != meta["tensors_sha256"]:
+        raise ValueError(f"{path} is corrupted: its tensors do not match the sha256 stored when it was written")
+    return tensors, meta
 
 def load_trainable(model:nn.Module, # a fresh base model (the one the checkpoint was trained from), with or without the method applied
                    path:str|Path,   # a file written by `save_trainable`
                   )->nn.Module:
-    "Load weights saved by `save_trainable` into `model`, applying the checkpoint's method first if needed."
-    from safetensors import safe_open
-    path = Path(path)
-    if not path.exists(): raise FileNotFoundError(f"{path}: no such checkpoint (write one with save_trainable)")
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
-    if "lightft_method" not in meta: raise ValueError(f"{path} was not written by save_trainable (no lightft metadata)")
+    "Load weights saved by `save_trainable` into `model`, applying the checkpoint's method first if needed; a refused load leaves `model` as it was."
+    tensors, meta = read_checkpoint(path)
     name, options = meta["lightft_method"], json.loads(meta["lightft_options"])
-    if getattr(model, "lightft_method", None) is None: apply_method(model, name, **options)
-    elif (model.lightft_method, model.lightft_options) != (name, options):
+    had_method = current_method(model) is not None
+    if had_method and (model.lightft_method, model.lightft_options) != (name, options):
         raise ValueError(f"{path} holds method {name!r} {options}, but the model was prepared for "
                          f"{model.lightft_method!r} {model.lightft_options}")
-    if model.lightft_base_fingerprint != meta["base_fingerprint"]:
+    fingerprint = model.lightft_base_fingerprint if had_method else base_fingerprint(model)
+    if fingerprint != meta["base_fingerprint"]:
         raise ValueError(f"{path} was trained on a different base model (fingerprint {meta['base_fingerprint']}, "
-                         f"this model {model.lightft_base_fingerprint}): load it onto the pretrained model it was trained from")
-    params = dict(model.named_parameters())
-    expected = {n for n, p in params.items() if p.requires_grad}
-    if set(tensors) != expected:
-        missing, extra = sorted(expected - set(tensors)), sorted(set(tensors) - expected)
-        raise ValueError(f"{path} does not match the model's trainable parameters: missing {missing[:5]}, unexpected {extra[:5]}")
-    with torch.no_grad():
+                         f"this model {fingerprint}): load it onto the pretrained model it was trained from")
+    if not had_method: apply_method(model, name, **options)
+    try:
+        params = dict(model.named_parameters())
+        expected = {n for n, p in params.items() if p.requires_grad}
+        if set(tensors) != expected:
+            missing, extra = sorted(expected - set(tensors)), sorted(set(tensors) - expected)
+            raise ValueError(f"{path} does not match the model's trainable parameters: missing {missing[:5]}, unexpected {extra[:5]}")
         for n, t in tensors.items():
             if params[n].shape != t.shape: raise ValueError(f"{path}: {n} has shape {tuple(t.shape)}, the model expects {tuple(params[n].shape)}")
-            params[n].copy_(t)
+    except ValueError:
+        if not had_method: remove_method(model)        # refused: the caller's model is left as it was
+        raise
+    with torch.no_grad():
+        for n, t in tensors.items(): params[n].copy_(t)
     return model
+

@@ -19,11 +19,12 @@ from transformers import (AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM
                           BertForSequenceClassification, BertForTokenClassification, BertModel, BertTokenizerFast)
 from transformers.modeling_outputs import SequenceClassifierOutput
 
-from .core import package_dir, set_seed
+from .core import package_dir, set_seed, cache_dir, _truthy
+from .pretrain import tiny_bert_path
 
 # %% auto #0
 __all__ = ['SUPPORTED_TASKS', 'PLMS', 'MINILM_L6_CONFIG', 'PLMSpec', 'verify_sha256', 'plm_dir', 'load_tokenizer', 'mean_pool',
-           'BertForSequenceClassificationMeanPool', 'load_plm', 'gguf_cache_dir', 'PLMTable', 'list_plms']
+           'BertForSequenceClassificationMeanPool', 'load_plm', 'gguf_cache_dir', 'check_plm', 'PLMTable', 'list_plms']
 
 # %% ../nbs/03a_models.ipynb #89842856
 @dataclass(frozen=True)
@@ -82,8 +83,6 @@ def verify_sha256(path:str|Path, # the file to check
     return path
 
 # %% ../nbs/03a_models.ipynb #86ab703d
-def _tiny_bert_dir()->Path: return Path(package_dir("lightft"))/"assets"/"tiny-bert"
-
 def plm_dir(name:str, # a name from `PLMS`
             verify:bool=True, # check the official sha256 of the files listed in the spec
            )->Path:
@@ -95,7 +94,7 @@ def plm_dir(name:str, # a name from `PLMS`
         if found is None: raise ModuleNotFoundError(f"{name} is not installed; install its files with: {spec.install}")
         folder = Path(found)/spec.subdir
     else:
-        folder = _tiny_bert_dir()
+        folder = tiny_bert_path()
         if not (folder/"config.json").exists():
             raise FileNotFoundError(f"tiny-bert is not in this installation: {folder} has no config.json. "
                                     "The model is produced by chapter 2 (nbs/02_pretraining.ipynb, `lightft pretrain --preset course`).")
@@ -116,8 +115,6 @@ def _quiet_transformers():
     transformers.logging.set_verbosity_error()
     try: yield
     finally: transformers.logging.set_verbosity(level)
-
-def _truthy(value)->bool: return str(value or "").strip().lower() in {"1", "true", "yes", "on"}
 
 def _hub_offline()->bool: return _truthy(os.environ.get("HF_HUB_OFFLINE")) or _truthy(os.environ.get("TRANSFORMERS_OFFLINE"))
 
@@ -215,6 +212,10 @@ def load_plm(name:str, # "minilm-l6", "tiny-bert", a folder saved with `save_pre
              seed:int=0, # seed for the randomly initialised head
             )->tuple:
     "A pretrained model with a head for `task`, and its tokenizer: `(model, tokenizer)`."
+    if isinstance(num_labels, bool) or not isinstance(num_labels, int) or num_labels < 1:
+        raise ValueError(f"num_labels must be a whole number >= 1, got {num_labels!r}")
+    if label_names is not None and (isinstance(label_names, str) or not label_names):
+        raise ValueError(f"label_names must be a non-empty list of names, got {label_names!r}")
     spec = PLMS.get(name)
     _check_task(name, task, spec)
     if pooling is not None and task != "classification": raise ValueError(f"pooling applies to task='classification' only, not {task!r}")
@@ -250,7 +251,6 @@ def gguf_cache_dir(name:str, # a name from `PLMS` whose weights are a GGUF file
                   )->Path:
     "The folder where the float32 conversion of `name`'s GGUF weights is cached, named after the GGUF's sha256."
     spec = PLMS[name]
-    from lightft.pretrain import cache_dir
     return cache_dir()/"models"/f"{name}-float32-{dict(spec.sha256)[spec.gguf][:12]}"
 
 _CACHE_MARK = "lightft-conversion.json"   # written last: a folder without it is an interrupted conversion
@@ -306,6 +306,22 @@ def _save_conversion(model, tokenizer, cached:Path, spec:PLMSpec, seconds:float)
         shutil.rmtree(tmp, ignore_errors=True)
         if not _cache_is_complete(cached):
             import warnings; warnings.warn(f"could not cache the float32 weights in {cached} ({e}); the next load converts the GGUF again")
+
+def check_plm(name:str, # what `load_plm` would be given
+             )->str:
+    "Refuse, before any work, a model that cannot be loaded here: not a lightft model or a model folder, with the hub offline."
+    if not isinstance(name, str) or not name.strip(): raise ValueError(f"a model name must be a non-empty string, got {name!r}")
+    if name in PLMS:
+        plm_dir(name, verify=False)              # a clear error if its package or asset is missing
+        return name
+    folder = Path(name)
+    if folder.is_dir():
+        if not (folder/"config.json").exists(): raise ValueError(f"{name} is a folder without config.json: not a saved model (save one with save_pretrained)")
+        return name
+    if _hub_offline():
+        raise ValueError(f"unknown model {name!r}: not one of lightft's models ({', '.join(PLMS)}), not a model folder, "
+                         "and the Hugging Face hub is offline (HF_HUB_OFFLINE=1)")
+    return name
 
 # %% ../nbs/03a_models.ipynb #727da979
 def _count_parameters(folder:Path)->int|None:

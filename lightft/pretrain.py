@@ -7,7 +7,7 @@ Docs: https://lightft.github.io/lightft/pretraining.html.md"""
 # %% ../nbs/02_pretraining.ipynb #d449868d
 from __future__ import annotations
 import ast, gzip, hashlib, importlib.metadata, importlib.resources, importlib.util, itertools, json, math, os
-import platform, random, re, sysconfig, tempfile, time
+import platform, random, re, shutil, sysconfig, tempfile, time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,12 +18,14 @@ from tqdm.auto import tqdm
 from transformers import (AutoTokenizer, BertConfig, BertForMaskedLM, BertForPreTraining, BertModel,
                           BertTokenizerFast, PreTrainedTokenizerFast)
 
+from .core import cache_dir, eval_mode
+
 # %% auto #0
 __all__ = ['CORPUS_FORMAT', 'QUICK_SOURCES', 'COURSE_SOURCES', 'SKIP_DIRS', 'CODE_DIRECTIVES', 'SPECIAL_TOKENS', 'PRESETS',
            'TEST_PAIR_SEED', 'source_files', 'source_version', 'strip_markup', 'clean_text', 'split_sentences',
-           'is_prose', 'text_documents', 'is_held_out', 'Corpus', 'cache_dir', 'build_corpus', 'train_tokenizer',
-           'mask_tokens', 'tokenize_documents', 'truncate_pair', 'make_nsp_pairs', 'PretrainingCollator',
-           'tiny_bert_config', 'pretraining_loss', 'warmup_linear', 'evaluate_pretraining', 'most_frequent_token',
+           'is_prose', 'text_documents', 'is_held_out', 'Corpus', 'build_corpus', 'train_tokenizer', 'mask_tokens',
+           'tokenize_documents', 'truncate_pair', 'make_nsp_pairs', 'PretrainingCollator', 'tiny_bert_config',
+           'pretraining_loss', 'warmup_linear', 'evaluate_pretraining', 'most_frequent_token',
            'most_frequent_token_accuracy', 'compare_with_baselines', 'pretrain', 'write_model_card',
            'save_pretraining_run', 'pretrain_preset', 'tiny_bert_path', 'load_tiny_bert', 'heldout_documents']
 
@@ -184,11 +186,6 @@ class Corpus:
         return (f"Corpus({m['train']['documents']:,} train / {m['test']['documents']:,} test documents, "
                 f"{m['train']['words']+m['test']['words']:,} words, sha256 {m['sha256'][:12]})")
 
-def cache_dir()->Path:
-    "Where lightft caches what it builds: `$LIGHTFT_CACHE`, else `~/.cache/lightft`."
-    default = Path(os.environ.get("XDG_CACHE_HOME", Path.home()/".cache"))/"lightft"
-    return Path(os.environ.get("LIGHTFT_CACHE", default))
-
 def _split_stats(documents): 
     return dict(documents=len(documents), sentences=sum(map(len, documents)),
                 words=sum(len(s.split()) for d in documents for s in d))
@@ -259,9 +256,12 @@ def train_tokenizer(documents:list,         # documents: lists of sentences
     cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
     tok.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
                                                        special_tokens=[("[CLS]", cls), ("[SEP]", sep)])
-    out_dir = Path(out_dir or tempfile.mkdtemp(prefix="lightft-tokenizer-"))
     wrapped = BertTokenizerFast(tokenizer_object=tok, do_lower_case=True, model_max_length=model_max_length,
                                 unk_token="[UNK]", sep_token="[SEP]", pad_token="[PAD]", cls_token="[CLS]", mask_token="[MASK]")
+    if out_dir is None:                                       # a round trip through a temporary folder, removed afterwards
+        with tempfile.TemporaryDirectory(prefix="lightft-tokenizer-") as d:
+            wrapped.save_pretrained(d)
+            return AutoTokenizer.from_pretrained(d)
     wrapped.save_pretrained(out_dir)
     return AutoTokenizer.from_pretrained(out_dir)
 
@@ -425,14 +425,13 @@ def evaluate_pretraining(model:BertForPreTraining, # the model
                          seed:int=0,               # fixes the masking, so every model sees the same blanks
                         )->dict:
     "Held-out MLM accuracy/loss and NSP accuracy, on the same masked positions for every model."
-    was_training = model.training; model.eval()
     collate = PretrainingCollator(tokenizer, seed=seed)
     totals = dict(mlm_loss=0.0, nsp_loss=0.0, mlm_correct=0, mlm_count=0, nsp_correct=0, nsp_count=0)
-    for i in range(0, len(pairs), batch_size):
-        mlm_loss, nsp_loss, stats = pretraining_loss(model, collate(pairs[i:i+batch_size]))
-        totals["mlm_loss"] += mlm_loss.item() * stats["mlm_count"]; totals["nsp_loss"] += nsp_loss.item() * stats["nsp_count"]
-        for k, v in stats.items(): totals[k] += v
-    model.train(was_training)
+    with eval_mode(model):
+        for i in range(0, len(pairs), batch_size):
+            mlm_loss, nsp_loss, stats = pretraining_loss(model, collate(pairs[i:i+batch_size]))
+            totals["mlm_loss"] += mlm_loss.item() * stats["mlm_count"]; totals["nsp_loss"] += nsp_loss.item() * stats["nsp_count"]
+            for k, v in stats.items(): totals[k] += v
     return dict(mlm_accuracy=totals["mlm_correct"] / totals["mlm_count"], mlm_loss=totals["mlm_loss"] / totals["mlm_count"],
                 nsp_accuracy=totals["nsp_correct"] / totals["nsp_count"], nsp_loss=totals["nsp_loss"] / totals["nsp_count"],
                 masked_tokens=totals["mlm_count"], pairs=totals["nsp_count"])
@@ -649,8 +648,24 @@ def pretrain_preset(preset:str="course", # "quick" (seconds) or "course" (the sh
     start, p = time.time(), dict(PRESETS[preset])
     if steps is not None: p["steps"] = steps
     if threads: torch.set_num_threads(threads)
+    # the run is written into a temporary folder and renamed into place at the end: an interrupted run never leaves
+    # a tokenizer beside weights it does not match; without out_dir the temporary folder is simply removed
+    target = Path(out_dir) if out_dir else None
+    if target is not None and target.exists() and (not target.is_dir() or (any(target.iterdir()) and not (target/"training_log.json").exists())):
+        raise ValueError(f"{target} exists and is not an earlier pretraining run: give a new or empty folder")
+    if target is not None: target.resolve().parent.mkdir(parents=True, exist_ok=True)
     corpus = build_corpus(p["sources"], progress=progress)
-    work_dir = Path(out_dir) if out_dir else Path(tempfile.mkdtemp(prefix="lightft-tiny-bert-"))
+    work_dir = Path(tempfile.mkdtemp(prefix=".lightft-tiny-bert-", dir=target.resolve().parent if target else None))
+    try:
+        metrics = _pretrain_in(work_dir, corpus, p, preset, seed, progress, start, save=target is not None)
+        if target is not None:
+            if target.exists(): shutil.rmtree(target)         # an earlier run (checked above), replaced as a whole
+            os.replace(work_dir, target)
+    finally: shutil.rmtree(work_dir, ignore_errors=True)
+    return metrics
+
+def _pretrain_in(work_dir:Path, corpus, p:dict, preset:str, seed:int, progress:bool, start:float, save:bool)->dict:
+    "The body of `pretrain_preset`, writing into `work_dir`."
     tokenizer = train_tokenizer(corpus.train, p["vocab_size"], out_dir=work_dir, model_max_length=p["max_length"])
     torch.manual_seed(seed)
     config = tiny_bert_config(len(tokenizer), **p["model"], pad_token_id=tokenizer.pad_token_id)
@@ -670,7 +685,7 @@ def pretrain_preset(preset:str="course", # "quick" (seconds) or "course" (the sh
                    machine=dict(cpu_count=os.cpu_count(), torch=torch.__version__, python=platform.python_version()),
                    **compare_with_baselines(model, random_model, tokenizer, test_pairs, most_frequent_token(corpus.train, tokenizer)))
     metrics["total_seconds"] = round(time.time() - start, 1)
-    if out_dir: save_pretraining_run(out_dir, model, corpus, dict(p, sources=list(p["sources"])), metrics, history)
+    if save: save_pretraining_run(work_dir, model, corpus, dict(p, sources=list(p["sources"])), metrics, history)
     return metrics
 
 # %% ../nbs/02_pretraining.ipynb #0d9cf50c

@@ -1,4 +1,4 @@
-"""Cloze templates and verbalizers on a masked LM, in-context examples with a real causal LM, and trained soft prompts and prefixes — registered as the methods `prompt` and `prefix`.
+"""Cloze templates and verbalizers on a masked LM, and in-context examples with a real causal LM; chapter 8a trains soft prompts and prefixes.
 
 Docs: https://lightft.github.io/lightft/prompting.html.md"""
 
@@ -6,20 +6,16 @@ Docs: https://lightft.github.io/lightft/prompting.html.md"""
 
 # %% ../nbs/08_prompting.ipynb #a17ff1e1
 from __future__ import annotations
-import inspect, math
 from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn, Tensor
 from transformers.modeling_outputs import SequenceClassifierOutput
-from .freeze import freeze, unfreeze, train_head_only, model_parts
-from .methods import register_method
+from .core import eval_mode
 
 # %% auto #0
 __all__ = ['MASK', 'CONTENT_FREE', 'Template', 'Verbalizer', 'expand_masks', 'ClozeClassifier', 'cloze_scores',
-           'contextual_calibration', 'cloze_tokenize', 'few_shot_prompt', 'icl_scores', 'icl_classify', 'SoftPrompt',
-           'add_soft_prompt', 'prompt_tuning', 'PrefixSelfAttention', 'add_prefix', 'prefix_tuning',
-           'NextWordClassifier', 'prompt_tokenize']
+           'contextual_calibration', 'cloze_tokenize', 'few_shot_prompt', 'icl_scores', 'icl_classify']
 
 # %% ../nbs/08_prompting.ipynb #8be4fbc5
 MASK = "[MASK]"
@@ -65,6 +61,8 @@ class Verbalizer:
     def __post_init__(self):
         words = tuple((w,) if isinstance(w, str) else tuple(w) for w in self.words)
         if len(words) < 2 or not all(words): raise ValueError(f"a verbalizer needs words for at least 2 labels: {self.words!r}")
+        for w in (w for ws in words for w in ws):
+            if not isinstance(w, str) or not w.strip(): raise ValueError(f"a verbalizer word must be a non-empty string, got {w!r}")
         object.__setattr__(self, "words", words)
 
     def __len__(self): return len(self.words)
@@ -72,7 +70,14 @@ class Verbalizer:
     def pieces(self, tokenizer, # the masked LM's tokenizer
               )->list:
         "For each label, the token ids of each of its words: a word the vocabulary lacks splits into several pieces."
-        return [[tokenizer(w, add_special_tokens=False)["input_ids"] for w in ws] for ws in self.words]
+        pieces = [[tokenizer(w, add_special_tokens=False)["input_ids"] for w in ws] for ws in self.words]
+        unk = getattr(tokenizer, "unk_token_id", None)
+        for ws, ps in zip(self.words, pieces):
+            for w, p in zip(ws, ps):
+                if not p: raise ValueError(f"the verbalizer word {w!r} is empty once tokenized: choose a word the tokenizer keeps")
+                if unk is not None and unk in p:
+                    raise ValueError(f"the verbalizer word {w!r} becomes {tokenizer.unk_token} (the tokenizer cannot spell it): choose another word")
+        return pieces
 
     def longest(self, tokenizer)->int:
         "The most pieces any word splits into."
@@ -157,13 +162,12 @@ def cloze_scores(model:nn.Module, # a masked LM (or a `ClozeClassifier` built on
     clf = model if isinstance(model, ClozeClassifier) else ClozeClassifier(model, tokenizer, verbalizer)
     encoded = [template.encode(tokenizer, t, max_length - verbalizer.longest(tokenizer) + 1) for t in texts]
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))      # similar lengths together: little padding
-    scores, was_training = torch.zeros(len(texts), len(verbalizer)), model.training
-    clf.eval()
-    for i in range(0, len(order), batch_size):
-        batch = order[i:i + batch_size]
-        ids, mask = _pad_batch([encoded[j] for j in batch], tokenizer.pad_token_id)
-        scores[batch] = clf(input_ids=ids.to(_device(clf)), attention_mask=mask.to(_device(clf))).logits.float().cpu()
-    model.train(was_training)                        # leave the model as we found it
+    scores = torch.zeros(len(texts), len(verbalizer))
+    with eval_mode(model), eval_mode(clf):           # the model is left in the mode we found it in, even on an error
+        for i in range(0, len(order), batch_size):
+            batch = order[i:i + batch_size]
+            ids, mask = _pad_batch([encoded[j] for j in batch], tokenizer.pad_token_id)
+            scores[batch] = clf(input_ids=ids.to(_device(clf)), attention_mask=mask.to(_device(clf))).logits.float().cpu()
     return scores
 
 # %% ../nbs/08_prompting.ipynb #d716210e
@@ -228,38 +232,39 @@ def icl_scores(model:nn.Module, # a causal LM, e.g. `load_plm("smollm2-135m", ta
               )->Tensor:
     "(texts, labels): the log-probability of `' ' + word` continuing each query's prompt, summed over the word's tokens."
     from transformers import DynamicCache
+    if isinstance(label_words, str) or len(label_words) < 2 or not all(isinstance(w, str) and w.strip() for w in label_words):
+        raise ValueError(f"label_words must be at least 2 non-empty words, one per label, got {label_words!r}")
     shared, query_part = _prompt_parts(examples, instruction, label_words, **prompt_format)
     prefix = tokenizer(shared)["input_ids"]        # special tokens (a BOS) only at the very start
     words = [tokenizer(" " + w, add_special_tokens=False)["input_ids"] for w in label_words]
     queries = [tokenizer(query_part(t), add_special_tokens=False)["input_ids"] for t in texts]
     device, pad = _device(model), tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    was_training = model.training; model.eval()
-    cache = None
-    if prefix and reuse_prefix:
-        out = model(input_ids=torch.tensor([prefix], device=device), use_cache=True)
-        cache = [(layer.keys, layer.values) for layer in out.past_key_values.layers]
-    one_pass = all(len(w) == 1 for w in words)     # single-token words: one forward pass scores every label
-    scores = torch.zeros(len(texts), len(words))
-    for i in range(0, len(queries), batch_size):
-        batch = queries[i:i + batch_size]
-        for w, word in enumerate([None] if one_pass else words):
-            rows = [q + ([] if one_pass else word[:-1]) for q in batch]   # a word's tokens but its last are fed in (teacher forcing)
-            if cache is None: rows = [prefix + r for r in rows]
-            ids, mask = (t.to(device) for t in _pad_batch(rows, pad))
-            kwargs = {}
-            if cache is not None:
-                b = len(batch)
-                kwargs["past_key_values"] = DynamicCache([(k.expand(b, -1, -1, -1), v.expand(b, -1, -1, -1)) for k, v in cache])   # the cache copies them
-                mask = torch.cat([torch.ones(b, len(prefix), dtype=mask.dtype, device=device), mask], 1)
-            n_read = 1 if one_pass else len(word)          # positions whose next-token distribution we read, per row
-            ends = torch.tensor([len(r) - 1 for r in rows], device=device)
-            read = ends.unsqueeze(1) - torch.arange(n_read - 1, -1, -1, device=device)    # (rows, n_read)
-            keep = torch.unique(read)                       # compute the vocabulary projection at these positions only
-            logp = model(input_ids=ids, attention_mask=mask, logits_to_keep=keep, **kwargs).logits.float().log_softmax(-1)
-            logp = logp[torch.arange(len(rows), device=device).unsqueeze(1), torch.searchsorted(keep, read)]   # (rows, n_read, vocab)
-            if one_pass: scores[i:i + len(batch)] = logp[:, 0, [wd[0] for wd in words]].cpu()
-            else: scores[i:i + len(batch), w] = logp[:, torch.arange(n_read), torch.tensor(word)].sum(-1).cpu()
-    model.train(was_training)
+    with eval_mode(model):                          # restored even if a batch fails
+        cache = None
+        if prefix and reuse_prefix:
+            out = model(input_ids=torch.tensor([prefix], device=device), use_cache=True)
+            cache = [(layer.keys, layer.values) for layer in out.past_key_values.layers]
+        one_pass = all(len(w) == 1 for w in words)     # single-token words: one forward pass scores every label
+        scores = torch.zeros(len(texts), len(words))
+        for i in range(0, len(queries), batch_size):
+            batch = queries[i:i + batch_size]
+            for w, word in enumerate([None] if one_pass else words):
+                rows = [q + ([] if one_pass else word[:-1]) for q in batch]   # a word's tokens but its last are fed in (teacher forcing)
+                if cache is None: rows = [prefix + r for r in rows]
+                ids, mask = (t.to(device) for t in _pad_batch(rows, pad))
+                kwargs = {}
+                if cache is not None:
+                    b = len(batch)
+                    kwargs["past_key_values"] = DynamicCache([(k.expand(b, -1, -1, -1), v.expand(b, -1, -1, -1)) for k, v in cache])   # the cache copies them
+                    mask = torch.cat([torch.ones(b, len(prefix), dtype=mask.dtype, device=device), mask], 1)
+                n_read = 1 if one_pass else len(word)          # positions whose next-token distribution we read, per row
+                ends = torch.tensor([len(r) - 1 for r in rows], device=device)
+                read = ends.unsqueeze(1) - torch.arange(n_read - 1, -1, -1, device=device)    # (rows, n_read)
+                keep = torch.unique(read)                       # compute the vocabulary projection at these positions only
+                logp = model(input_ids=ids, attention_mask=mask, logits_to_keep=keep, **kwargs).logits.float().log_softmax(-1)
+                logp = logp[torch.arange(len(rows), device=device).unsqueeze(1), torch.searchsorted(keep, read)]   # (rows, n_read, vocab)
+                if one_pass: scores[i:i + len(batch)] = logp[:, 0, [wd[0] for wd in words]].cpu()
+                else: scores[i:i + len(batch), w] = logp[:, torch.arange(n_read), torch.tensor(word)].sum(-1).cpu()
     return scores
 
 def icl_classify(model:nn.Module, # a causal LM
@@ -277,221 +282,3 @@ def icl_classify(model:nn.Module, # a causal LM
         free = icl_scores(model, tokenizer, ["N/A", "", "[MASK]"], label_words, examples, instruction, **kwargs)
         scores = contextual_calibration(scores, free)
     return scores.argmax(-1).tolist()
-
-# %% ../nbs/08_prompting.ipynb #48c171c5
-class SoftPrompt(nn.Module):
-    "`n_tokens` trainable vectors that a frozen model reads before the embeddings of its input (Lester et al. 2021)."
-    def __init__(self, n_tokens:int, # number of virtual tokens
-                 dim:int, # the model's embedding width
-                ):
-        super().__init__()
-        self.embedding = nn.Parameter(torch.zeros(n_tokens, dim))
-
-    def forward(self, batch_size:int)->Tensor:
-        "(batch_size, n_tokens, dim): the same prompt for every example."
-        return self.embedding.unsqueeze(0).expand(batch_size, -1, -1)
-
-# %% ../nbs/08_prompting.ipynb #0b0d8eb9
-def _call_arguments(model:nn.Module, args:tuple, kwargs:dict)->dict:
-    "The arguments of the call `model(*args, **kwargs)`, by name."
-    if not args: return dict(kwargs)
-    bound = inspect.signature(model.forward).bind_partial(*args, **kwargs).arguments
-    return {**bound, **bound.pop("kwargs", {})}
-
-def _prepend_soft_prompt(model:nn.Module, args:tuple, kwargs:dict):
-    "Forward pre-hook: look the token ids up, put the soft prompt in front, and grow the masks to match."
-    kw = _call_arguments(model, args, kwargs)
-    ids, embeds = kw.pop("input_ids", None), kw.get("inputs_embeds")
-    if embeds is None:
-        if ids is None: raise ValueError("pass input_ids or inputs_embeds")
-        embeds = model.get_input_embeddings()(ids)
-    if kw.get("position_ids") is not None: raise ValueError("a model with a soft prompt numbers the positions itself: do not pass position_ids")
-    b, n = embeds.shape[0], model.soft_prompt.embedding.shape[0]
-    limit = getattr(model.config, "max_position_embeddings", None)
-    if limit is not None and n + embeds.shape[1] > limit:
-        raise ValueError(f"{embeds.shape[1]} tokens + {n} virtual tokens exceed the model's {limit} positions: truncate the texts to {limit - n} tokens")
-    kw["inputs_embeds"] = torch.cat([model.soft_prompt(b).to(embeds.dtype), embeds], 1)
-    mask = kw.get("attention_mask")
-    if mask is None: mask = torch.ones(embeds.shape[:2], dtype=torch.long, device=embeds.device)
-    kw["attention_mask"] = torch.cat([mask.new_ones(b, n), mask], 1)
-    if kw.get("token_type_ids") is not None: kw["token_type_ids"] = torch.cat([kw["token_type_ids"].new_zeros(b, n), kw["token_type_ids"]], 1)
-    labels = kw.get("labels")
-    if labels is not None and labels.dim() == 2 and labels.shape[1] == embeds.shape[1]:       # per-token labels (language modelling)
-        kw["labels"] = torch.cat([labels.new_full((b, n), -100), labels], 1)
-    return (), kw
-
-# %% ../nbs/08_prompting.ipynb #d685ae8d
-def _init_ids(model:nn.Module, n:int, init_ids, seed:int)->Tensor:
-    "Token ids to copy: `init_ids` repeated up to `n`, or `n` ids drawn at random from the vocabulary."
-    if init_ids: return torch.tensor([init_ids[i % len(init_ids)] for i in range(n)])
-    return torch.randint(0, model.get_input_embeddings().weight.shape[0], (n,), generator=torch.Generator().manual_seed(seed))
-
-def add_soft_prompt(model:nn.Module, # a 🤗 Transformers model: a classifier or a language model
-                    n_tokens:int=10, # number of virtual tokens
-                    init:str="vocab", # "vocab": copies of token embeddings; "random": uniform in [-0.5, 0.5] (Lester et al.)
-                    init_ids:list|None=None, # the token ids to copy for init="vocab"; default: drawn at random
-                    seed:int=0, # seeds the random draws
-                   )->nn.Module:
-    "Give `model` a trainable soft prompt (`model.soft_prompt`): every forward pass then reads `n_tokens` vectors before the input."
-    if init not in ("vocab", "random"): raise ValueError(f"init must be 'vocab' or 'random', not {init!r}")
-    table = model.get_input_embeddings().weight
-    prompt = SoftPrompt(n_tokens, table.shape[1]).to(table.device, table.dtype)
-    with torch.no_grad():
-        if init == "vocab": prompt.embedding.copy_(table[_init_ids(model, n_tokens, init_ids, seed).to(table.device)])
-        else: prompt.embedding.copy_(torch.rand(n_tokens, table.shape[1], generator=torch.Generator().manual_seed(seed)) - 0.5)
-    model.soft_prompt = prompt
-    if getattr(model, "_soft_prompt_hook", None) is None:
-        model._soft_prompt_hook = model.register_forward_pre_hook(_prepend_soft_prompt, with_kwargs=True)
-    return model
-
-def prompt_tuning(model:nn.Module, # a 🤗 Transformers classifier (or a language model with `train_head=False`)
-                  n_tokens:int=10, # number of virtual tokens
-                  init:str="vocab", # "vocab" or "random" (see `add_soft_prompt`)
-                  init_ids:list|None=None, # token ids to copy for init="vocab"
-                  seed:int=0, # seeds the initialisation
-                  train_head:bool=True, # train the task head too (a classifier's head is new: it must learn)
-                 )->nn.Module:
-    "Prompt tuning: freeze the model and add a soft prompt; only the prompt (and the head) train."
-    (train_head_only if train_head else freeze)(model)
-    unfreeze(add_soft_prompt(model, n_tokens, init, init_ids, seed).soft_prompt)
-    return model
-
-# %% ../nbs/08_prompting.ipynb #0a49bbf6
-class PrefixSelfAttention(nn.Module):
-    "A BERT self-attention with `n_tokens` trainable keys and values before those computed from the input (prefix tuning)."
-    def __init__(self, base_layer:nn.Module, # the original self-attention, kept (frozen) as `base_layer`
-                 n_tokens:int, # prefix length
-                ):
-        super().__init__()
-        self.base_layer, self.n_tokens = base_layer, n_tokens
-        self.heads, self.head_size = base_layer.num_attention_heads, base_layer.attention_head_size
-        self.prefix_keys = nn.Parameter(torch.zeros(n_tokens, self.heads * self.head_size))
-        self.prefix_values = nn.Parameter(torch.zeros(n_tokens, self.heads * self.head_size))
-
-    def _heads(self, x:Tensor)->Tensor: return x.view(x.shape[0], -1, self.heads, self.head_size).transpose(1, 2)
-
-    def forward(self, hidden_states:Tensor, attention_mask:Tensor|None=None, head_mask:Tensor|None=None,
-                encoder_hidden_states=None, past_key_values=None, output_attentions:bool=False, **kwargs)->tuple:
-        "Every input token attends to the prefix and to the input; the prefix is not a token, so it attends to nothing."
-        if encoder_hidden_states is not None or past_key_values is not None:
-            raise NotImplementedError("prefix tuning here is for encoders: no cross-attention, no cache")
-        base, b = self.base_layer, hidden_states.shape[0]
-        q = self._heads(base.query(hidden_states))
-        k = self._heads(torch.cat([self.prefix_keys.expand(b, -1, -1), base.key(hidden_states)], 1))
-        v = self._heads(torch.cat([self.prefix_values.expand(b, -1, -1), base.value(hidden_states)], 1))
-        scores = q @ k.transpose(-1, -2) / math.sqrt(self.head_size)      # (batch, heads, length, n_tokens + length)
-        if attention_mask is not None:             # BERT's additive mask, (batch, 1, 1 or length, length): the prefix is always visible
-            if attention_mask.dtype == torch.bool:
-                attention_mask = torch.zeros(attention_mask.shape, dtype=scores.dtype, device=scores.device).masked_fill(~attention_mask, torch.finfo(scores.dtype).min)
-            visible = attention_mask.new_zeros(*attention_mask.shape[:-1], self.n_tokens)
-            scores = scores + torch.cat([visible, attention_mask], -1).to(scores.dtype)
-        probs = base.dropout(scores.softmax(-1))
-        if head_mask is not None: probs = probs * head_mask
-        context = (probs @ v).transpose(1, 2).reshape(b, -1, self.heads * self.head_size)
-        return context, (probs if output_attentions else None)
-
-# %% ../nbs/08_prompting.ipynb #43ac7d50
-def _self_attentions(model:nn.Module)->list:
-    "(parent, self-attention) of every encoder layer: BERT-style `layer.attention.self` with `query`, `key` and `value`."
-    found = []
-    for i, layer in enumerate(model_parts(model)["layers"]):
-        attention = getattr(getattr(layer, "attention", None), "self", None)
-        if not isinstance(attention, PrefixSelfAttention):
-            if attention is None or not all(hasattr(attention, n) for n in ("query", "key", "value")):
-                raise TypeError(f"layer {i} of {type(model).__name__} has no BERT-style self-attention (attention.self with query, key, value)")
-            if getattr(attention, "position_embedding_type", "absolute") != "absolute":
-                raise NotImplementedError("prefix tuning here supports absolute position embeddings only")
-        found.append((layer.attention, attention))
-    return found
-
-@torch.no_grad()
-def _word_keys_values(model:nn.Module, ids:Tensor)->list:
-    "The keys and values the tokens `ids` produce in each layer of the frozen model: [(keys, values)], each (n, width)."
-    captured, hooks = [], []
-    for _, attention in _self_attentions(model):
-        slot = {}
-        hooks += [attention.key.register_forward_hook(lambda m, a, out, s=slot: s.__setitem__("k", out[0])),
-                  attention.value.register_forward_hook(lambda m, a, out, s=slot: s.__setitem__("v", out[0]))]
-        captured.append(slot)
-    was_training = model.training; model.eval()
-    try: model_parts(model)["base"](input_ids=ids.unsqueeze(0).to(_device(model)))
-    finally:
-        for h in hooks: h.remove()
-        model.train(was_training)
-    return [(s["k"], s["v"]) for s in captured]
-
-def add_prefix(model:nn.Module, # a 🤗 Transformers BERT-style encoder (BERT, MiniLM, RoBERTa...)
-               n_tokens:int=10, # prefix length: keys and values per layer
-               init:str="vocab", # "vocab": the keys and values real tokens produce; "random": standard normal (as peft's default)
-               init_ids:list|None=None, # the token ids for init="vocab"; default: drawn at random
-               seed:int=0, # seeds the random draws
-              )->nn.Module:
-    "Wrap every self-attention of `model` in a `PrefixSelfAttention` with `n_tokens` trainable keys and values."
-    if init not in ("vocab", "random"): raise ValueError(f"init must be 'vocab' or 'random', not {init!r}")
-    attentions = _self_attentions(model)
-    if any(isinstance(a, PrefixSelfAttention) for _, a in attentions): raise ValueError("the model already has prefixes")
-    words = _word_keys_values(model, _init_ids(model, n_tokens, init_ids, seed)) if init == "vocab" else None
-    g = torch.Generator().manual_seed(seed)
-    for i, (parent, attention) in enumerate(attentions):
-        wrapped = PrefixSelfAttention(attention, n_tokens).to(_device(model))
-        with torch.no_grad():
-            for p, j in ((wrapped.prefix_keys, 0), (wrapped.prefix_values, 1)):
-                p.copy_(words[i][j] if words else torch.randn(p.shape, generator=g))
-        parent.self = wrapped
-    return model
-
-def prefix_tuning(model:nn.Module, # a 🤗 Transformers BERT-style classifier
-                  n_tokens:int=10, # prefix length
-                  init:str="vocab", # "vocab" or "random" (see `add_prefix`)
-                  init_ids:list|None=None, # token ids for init="vocab"
-                  seed:int=0, # seeds the initialisation
-                  train_head:bool=True, # train the task head too
-                 )->nn.Module:
-    "Prefix tuning, P-tuning v2 style (no reparametrisation): freeze the model, add trainable keys and values to every attention layer."
-    (train_head_only if train_head else freeze)(model)
-    for _, attention in _self_attentions(add_prefix(model, n_tokens, init, init_ids, seed)):
-        attention.prefix_keys.requires_grad_(True); attention.prefix_values.requires_grad_(True)
-    return model
-
-# %% ../nbs/08_prompting.ipynb #4bc7de6f
-register_method("prompt", prompt_tuning, "prompt tuning: trainable input vectors (a soft prompt) and the head", {"n_tokens": 10}, lr=1e-2)
-register_method("prefix", prefix_tuning, "prefix tuning: trainable keys and values in every attention layer, and the head", {"n_tokens": 10}, lr=1e-2);
-
-# %% ../nbs/08_prompting.ipynb #84a5aacd
-class NextWordClassifier(nn.Module):
-    "A causal LM read as a classifier: the logit of a label is the log-probability of its word as the next token after the input."
-    def __init__(self, lm:nn.Module, # a causal language model (with or without a soft prompt)
-                 tokenizer, # its tokenizer
-                 label_words, # one word per label; each must be a single token after a space
-                ):
-        super().__init__()
-        self.lm, self.label_words = lm, list(label_words)
-        ids = [tokenizer(" " + w, add_special_tokens=False)["input_ids"] for w in self.label_words]
-        if any(len(i) != 1 for i in ids): raise ValueError(f"each label word must be one token after a space: {dict(zip(label_words, ids))}")
-        self.register_buffer("word_ids", torch.tensor([i[0] for i in ids]), persistent=False)
-
-    def forward(self, input_ids:Tensor, attention_mask:Tensor|None=None, labels:Tensor|None=None, **kwargs):
-        "Label logits (batch, labels) read at each row's last real token; with a soft prompt, the model's output is longer than the input."
-        if attention_mask is None: attention_mask = torch.ones_like(input_ids)
-        last = _last_positions(attention_mask)
-        out = self.lm(input_ids=input_ids, attention_mask=attention_mask)
-        last = last + out.logits.shape[1] - input_ids.shape[1]               # skip the virtual tokens, if any
-        logits = out.logits[torch.arange(len(last), device=last.device), last][:, self.word_ids].float().log_softmax(-1)
-        return SequenceClassifierOutput(loss=F.cross_entropy(logits, labels) if labels is not None else None, logits=logits)
-
-def prompt_tokenize(split, # a `datasets.Dataset` with `text` (and `label`)
-                    tokenizer, # the causal LM's tokenizer
-                    max_length:int=128, # tokens per prompt (the text is cut to fit)
-                    **prompt_format, # `instruction`, `input_prefix`, `output_prefix` of `few_shot_prompt`
-                   ):
-    "The split as zero-shot prompts (`few_shot_prompt` without demonstrations), tokenized for `fit` with a `NextWordClassifier`."
-    end = tokenizer("\n" + few_shot_prompt("", **prompt_format).rsplit("\n", 1)[-1], add_special_tokens=False)["input_ids"]
-    def encode(batch):
-        ids = []
-        for text in batch["text"]:
-            row = tokenizer(few_shot_prompt(text, **prompt_format))["input_ids"]
-            ids.append(row if len(row) <= max_length else row[:max_length - len(end)] + end)   # keep the "Sentiment:" at the end
-        out = dict(input_ids=ids, attention_mask=[[1] * len(i) for i in ids])
-        if "label" in batch: out["labels"] = batch["label"]
-        return out
-    return split.map(encode, batched=True, remove_columns=split.column_names)

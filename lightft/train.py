@@ -14,17 +14,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn, Tensor
 from torch.utils.data import DataLoader
-from datasets import Dataset
+from datasets import Dataset, DatasetDict
 from tqdm.auto import tqdm
 from fastcore.basics import patch
 
-from .core import set_seed, param_report, measure, get_device
+from .core import set_seed, param_report, measure, get_device, eval_mode
 from .data import tokenize, PadCollator
 
 # %% auto #0
 __all__ = ['MODEL_INPUTS', 'as_tokenized', 'make_loader', 'logits_of', 'decay_parameter_names', 'param_groups',
            'linear_warmup_decay', 'warmup_steps_for', 'make_scheduler', 'classification_metrics', 'evaluate', 'predict',
-           'History', 'fit']
+           'History', 'fit', 'sample_splits']
 
 # %% ../nbs/04_finetuning.ipynb #ecb1e77e
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "labels")
@@ -109,18 +109,15 @@ def classification_metrics(preds, # predicted label ids
                 macro_f1=float(np.mean(f1s)) if f1s else 0.0)
 
 # %% ../nbs/04_finetuning.ipynb #03513d9a
-@torch.no_grad()
 def _all_logits(model, loader, progress=False):
-    "Logits (float32, on the CPU) and labels (if the batches have them) of `model` over a loader."
-    device, was_training = next(model.parameters()).device, model.training
-    model.eval()
+    "Logits (float32, on the CPU) and labels (if the batches have them) of `model` over a loader, in eval mode (restored after)."
+    device = next(model.parameters()).device
     logits, labels = [], []
-    try:
+    with eval_mode(model):
         for batch in tqdm(loader, desc="evaluate", disable=not progress, leave=False):
             batch = {k: v.to(device) for k, v in batch.items()}
             logits.append(logits_of(model, batch).float().cpu())
             if "labels" in batch: labels.append(batch["labels"].cpu())
-    finally: model.train(was_training)
     return torch.cat(logits), (torch.cat(labels) if labels else None)
 
 def evaluate(model:nn.Module, # a classifier
@@ -148,6 +145,10 @@ def predict(model:nn.Module, # a classifier
     "Predicted label ids as a NumPy array; with `return_probs=True`, the pair (ids, probabilities)."
     data = [texts_or_split] if isinstance(texts_or_split, str) else texts_or_split
     if isinstance(data, (list, tuple)): data = Dataset.from_dict({"text": list(data)})
+    if len(data) == 0:                                    # nothing to predict: an empty answer, not an error
+        labels = getattr(getattr(model, "config", None), "num_labels", 0)
+        ids = np.zeros(0, dtype=np.int64)
+        return (ids, np.zeros((0, labels), dtype=np.float32)) if return_probs else ids
     logits, _ = _all_logits(model, make_loader(as_tokenized(data, tokenizer, max_length), tokenizer, batch_size))
     ids = logits.argmax(-1).numpy()
     return (ids, logits.softmax(-1).numpy()) if return_probs else ids
@@ -226,6 +227,18 @@ def plot(self:History, smooth:int=10, # window of the moving average over the pe
     return fig
 
 # %% ../nbs/04_finetuning.ipynb #b19eeac2
+def _check_labels(model:nn.Module, split, name:str):
+    "Refuse labels outside 0..num_labels-1 before training (cross-entropy would fail deep inside, or a GPU would assert)."
+    column = "label" if "label" in split.column_names else ("labels" if "labels" in split.column_names else None)
+    n = getattr(getattr(model, "config", None), "num_labels", None)
+    if column is None or n is None or len(split) == 0: return
+    values = split[column]
+    if values and not isinstance(values[0], (int, np.integer)): return       # per-token labels: the model's own loss checks them
+    low, high = min(values), max(values)
+    if low < 0 or high >= n:
+        raise ValueError(f"the {name} split has labels from {low} to {high}, but the model has {n} outputs (labels 0..{n - 1}); "
+                         f"load it with num_labels={high + 1} or fix the labels")
+
 def _is_better(score, best, metric): return best is None or (score < best if metric == "loss" else score > best)
 
 def fit(model:nn.Module, # a classifier; only its trainable parameters (`requires_grad=True`) are updated
@@ -250,6 +263,13 @@ def fit(model:nn.Module, # a classifier; only its trainable parameters (`require
         device:str|torch.device|None=None, # default: `get_device()`
        )->History:
     "Train the trainable parameters of `model` with AdamW, linear warmup and decay, and gradient clipping; evaluate every epoch and keep the best one."
+    for name, value, low in (("epochs", epochs, 1), ("batch_size", batch_size, 1), ("max_length", max_length, 2), ("eval_batch_size", eval_batch_size, 1)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low: raise ValueError(f"fit: {name} must be a whole number >= {low}, got {value!r}")
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0: raise ValueError(f"fit: lr must be a number > 0, got {lr!r}")
+    if train_subset is not None and (isinstance(train_subset, bool) or not isinstance(train_subset, int) or train_subset < 1):
+        raise ValueError(f"fit: train_subset must be a whole number >= 1 or None, got {train_subset!r}")
+    if train_split not in data: raise KeyError(f"train_split={train_split!r} is not in the data (splits: {', '.join(data)})")
+    _check_labels(model, data[train_split], train_split)
     if best_metric not in ("accuracy", "macro_f1", "loss"):
         raise ValueError(f"best_metric={best_metric!r}: use 'accuracy', 'macro_f1' or 'loss'")
     if eval_split is not None and eval_split not in data:
@@ -286,8 +306,8 @@ def fit(model:nn.Module, # a classifier; only its trainable parameters (`require
                     lr_now = optimizer.param_groups[0]["lr"]
                     optimizer.step(); scheduler.step(); optimizer.zero_grad(set_to_none=True)
                     step += 1
-                    loss_value = loss.item()                    # one device-to-host sync for the loss per step
-                    hist.steps.append(dict(step=step, epoch=epoch, loss=loss_value, lr=lr_now, grad_norm=grad_norm.item()))
+                    loss_value, norm_value = torch.stack([loss.detach().float(), grad_norm.float()]).tolist()   # one device-to-host sync per step
+                    hist.steps.append(dict(step=step, epoch=epoch, loss=loss_value, lr=lr_now, grad_norm=norm_value))
                     hist.train_seconds += time.perf_counter() - start
                     epoch_losses.append(loss_value)
                     bar.update(); bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr_now:.2e}")
@@ -308,3 +328,14 @@ def fit(model:nn.Module, # a classifier; only its trainable parameters (`require
     hist.seconds, hist.cpu_seconds, hist.peak_mb, hist.start_mb = m.seconds, time.process_time() - cpu_start, m.peak_mb, m.start_bytes / 2**20
     model.eval()
     return hist
+
+# %% ../nbs/04_finetuning.ipynb #d8ec6330
+def sample_splits(data, # a `DatasetDict` (or a dict of splits)
+                  sizes:dict, # split -> how many examples to keep, e.g. {"test": 160}
+                  seed:int=0, # seeds the samples
+                 )->DatasetDict:
+    "A smaller copy of `data` for a quick run: each split named in `sizes` cut to a seeded random sample; the other splits as they are."
+    unknown = sorted(set(sizes) - set(data))
+    if unknown: raise KeyError(f"sample_splits: no split {', '.join(map(repr, unknown))} in the data (splits: {', '.join(data)})")
+    return DatasetDict({name: split.shuffle(seed=seed).select(range(min(sizes[name], len(split)))) if name in sizes else split
+                        for name, split in data.items()})

@@ -6,17 +6,61 @@ Quarto cannot be installed offline, so this script
 3. renders each processed notebook to static HTML with nbconvert (build/docs-check/site/);
 4. serves the site on 127.0.0.1 and opens every page in headless Chromium, saving a screenshot
    (build/docs-check/screenshots/);
-5. fails if a page has an error output or a traceback, a missing image, or a broken link between pages.
+5. typesets the math of every page offline with KaTeX (npm package, cached in ~/.cache/lightft) in Chromium;
+6. fails if a page has an error output or a traceback, a missing image, a broken link between pages, a formula
+   that does not typeset or raw TeX left in its prose, and if a hidden-source (`#| echo: false`) cell prints prose.
+It installs what it needs when missing: Debian's chromium and fonts-noto-color-emoji (the 🤗 of the text), KaTeX.
 Run it with `make docs-check`.
 """
 from __future__ import annotations
-import argparse, base64, html.parser, os, re, shutil, socket, subprocess, sys, tempfile, time, urllib.request
+import argparse, base64, html.parser, json, os, re, shutil, socket, subprocess, sys, tempfile, time, urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 NBS, OUT = ROOT / "nbs", ROOT / "build" / "docs-check"
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--disable-background-networking",
                   "--disable-component-update", "--disable-sync", "--no-first-run", "--hide-scrollbars"]
+KATEX_VERSION = "0.16.22"
+KATEX_CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "lightft" / f"katex-{KATEX_VERSION}"
+
+# Runs in every page: KaTeX's auto-render typesets the prose (markdown cells and markdown outputs; <pre> and <code>
+# are skipped), then the page records what it found in <body data-math-report="{json}"> for `--dump-dom` to read.
+MATH_JS = r"""
+document.addEventListener("DOMContentLoaded", () => {
+  const report = {formulas: 0, errors: [], raw: [], loaded: typeof renderMathInElement === "function"};
+  const prose = document.querySelectorAll(".jp-RenderedMarkdown");
+  const delimiters = [{left: "$$", right: "$$", display: true}, {left: "$", right: "$", display: false},
+    {left: "\\(", right: "\\)", display: false}, {left: "\\[", right: "\\]", display: true},
+    ...["equation", "equation*", "align", "align*", "gather", "gather*"].map(
+      env => ({left: `\\begin{${env}}`, right: `\\end{${env}}`, display: true}))];
+  if (report.loaded) {
+    // throwOnError: a formula KaTeX cannot parse (an unknown command too, which throwOnError: false would only colour)
+    // goes to errorCallback, and auto-render leaves its source as text; .katex-error would mark any other failure
+    const errorCallback = (message, error) => report.errors.push(
+      {tex: message.replace(/^[^`]*`/, "").replace(/` with\s*$/, ""), message: String(error.message || error).replace(/\u0332/g, "")});
+    for (const el of prose) renderMathInElement(el, {delimiters, throwOnError: true, errorColor: "#cc0000", errorCallback});
+    report.formulas = document.querySelectorAll(".katex").length;
+    for (const e of document.querySelectorAll(".katex-error")) report.errors.push({tex: e.textContent, message: e.title});
+    const raw = /\$\$[\s\S]+?\$\$|\$[^\s$][^$\n]*?\$|\\[()[\]]|\\[a-zA-Z]+\{/g;
+    for (const el of prose) {
+      const copy = el.cloneNode(true);
+      copy.querySelectorAll(".katex, .katex-error, pre, code, script, style").forEach(n => n.remove());
+      for (const m of copy.textContent.matchAll(raw))
+        if (!report.errors.some(e => m[0].includes(e.tex))) report.raw.push(m[0]);     // reported once, as an error
+    }
+  }
+  document.body.dataset.mathReport = JSON.stringify(report);
+});
+"""
+# nbconvert's lab template, with KaTeX served from the site (katex/) in place of MathJax from a CDN
+PAGE_TEMPLATE = """{%- extends 'index.html.j2' -%}
+{%- block html_head_js_mathjax -%}
+<link rel="stylesheet" href="katex/katex.min.css">
+<script defer src="katex/katex.min.js"></script>
+<script defer src="katex/contrib/auto-render.min.js"></script>
+<script>{% raw %}""" + MATH_JS + """{% endraw %}</script>
+{%- endblock html_head_js_mathjax -%}
+"""
 
 
 def sidebar_entries(node) -> list[str]:
@@ -71,6 +115,43 @@ def doc_execution_problems() -> list[str]:
     return problems
 
 
+def _reads_as_prose(text: str) -> bool:
+    "A sentence: eight or more words (numbers aside) before a full stop, outside table rows and code blocks."
+    text = "\n".join(l for l in re.sub(r"```.*?```", "", text, flags=re.S).splitlines() if l.count("|") < 2)
+    words = 0
+    for token in text.split():
+        if re.fullmatch(r"[(\"'*`_]*[A-Za-z][A-Za-z'’-]*[)\"'*`_,;:]*[.!?]?", token): words += 1
+        if token[-1] in ".!?" and not re.fullmatch(r"[\d.,]+", token):
+            if words >= 8: return True
+            words = 0
+    return False
+
+
+def _output_texts(cell) -> list[str]:
+    "The text a reader sees in a cell's outputs: streams, markdown, and plain text that stands for nothing richer."
+    texts = []
+    for out in cell.get("outputs", []):
+        data = out.get("data", {})
+        if out.get("output_type") == "stream": texts.append(out.get("text", ""))
+        elif "text/markdown" in data: texts.append(data["text/markdown"])
+        elif "text/plain" in data and not {"image/png", "image/svg+xml", "text/html"} & set(data): texts.append(data["text/plain"])
+    return ["".join(t) if isinstance(t, list) else t for t in texts]
+
+
+def hidden_prose_problems(notebooks=None) -> list[str]:
+    """`#| echo: false` cells whose output is prose: the reader sees a paragraph whose source is hidden, and prose that
+    code writes (f-strings over a table) reads as the course's text while no one has written it. Write it as markdown."""
+    problems = []
+    for path in sorted(notebooks if notebooks is not None else NBS.glob("*.ipynb")):
+        for i, cell in enumerate(json.loads(Path(path).read_text())["cells"]):
+            source = "".join(cell["source"])
+            if cell["cell_type"] != "code" or not re.search(r"^#\|\s*echo:\s*false", source, re.M): continue
+            if any(_reads_as_prose(t) for t in _output_texts(cell)):
+                problems.append(f"nbs/{Path(path).name}, cell {i}: a hidden-source (echo: false) cell prints prose — "
+                                "write the paragraph as a markdown cell")
+    return problems
+
+
 def process_notebooks() -> Path:
     "Run nbdev's own notebook processing (what `nbdev-proc-nbs` does, minus its Quarto install)."
     from nbdev.quarto import refresh_quarto_yml
@@ -103,11 +184,21 @@ def notebook_problems(name: str, nb) -> list[str]:
     return problems
 
 
+def html_exporter():
+    "nbconvert's lab template without input prompts, `remove_input` cells without their source, and KaTeX for math."
+    from nbconvert import HTMLExporter
+    from traitlets.config import Config
+    c = Config(); c.TagRemovePreprocessor.enabled = True
+    c.TagRemovePreprocessor.remove_input_tags = ("remove_input",)
+    c.HTMLExporter.exclude_input_prompt = c.HTMLExporter.exclude_output_prompt = True
+    return HTMLExporter(template_name="lab", config=c, raw_template=PAGE_TEMPLATE)
+
+
 def render(proc: Path, site: Path) -> tuple[dict, list[str]]:
     "nbconvert every processed notebook to HTML; returns {notebook name: html file name} and problems found."
     import nbformat
-    from nbconvert import HTMLExporter
     site.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(ensure_katex(), site / "katex")
     notebooks = sorted(proc.glob("*.ipynb"))
     names, problems, parsed = {}, [], {}
     for path in notebooks:
@@ -117,11 +208,7 @@ def render(proc: Path, site: Path) -> tuple[dict, list[str]]:
         problems += notebook_problems(path.name, nb)
     cfg = __import__("nbdev").config.get_config()
     site_url = f"{cfg.doc_host}{cfg.doc_baseurl}".rstrip("/") + "/"
-    from traitlets.config import Config
-    c = Config(); c.TagRemovePreprocessor.enabled = True
-    c.TagRemovePreprocessor.remove_input_tags = ("remove_input",)
-    c.HTMLExporter.exclude_input_prompt = c.HTMLExporter.exclude_output_prompt = True
-    exporter = HTMLExporter(template_name="lab", config=c)
+    exporter = html_exporter()
     for nb_name, nb in parsed.items():
         fm = front_matter(nb)
         cells = []
@@ -187,16 +274,76 @@ def _fetch_ok(url: str) -> bool:
     except Exception: return False
 
 
+def _apt_install(packages: list[str], why: str):
+    if os.geteuid() != 0:
+        sys.exit(f"docs check: {why} is not installed; run 'sudo apt-get install -y {' '.join(packages)}' and try again")
+    print(f"docs check: installing Debian's {', '.join(packages)} (once per machine)...", flush=True)
+    subprocess.run(["apt-get", "update", "-qq"], check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", *packages], check=True,
+                   stdout=subprocess.DEVNULL, env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+
+
 def ensure_chromium() -> str:
     exe = shutil.which("chromium") or shutil.which("chromium-browser")
     if exe: return exe
-    if os.geteuid() != 0:
-        sys.exit("docs check: Chromium is not installed; run 'sudo apt-get install -y chromium' and try again")
-    print("docs check: installing Debian's chromium (once per machine)...", flush=True)
-    subprocess.run(["apt-get", "update", "-qq"], check=True, stdout=subprocess.DEVNULL)
-    subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", "chromium"], check=True,
-                   stdout=subprocess.DEVNULL, env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+    _apt_install(["chromium"], "Chromium")
     return shutil.which("chromium")
+
+
+def emoji_fonts() -> list[str]:
+    "Installed fonts with a glyph for 🤗 (U+1F917), as fontconfig — and so Chromium — sees them."
+    if not shutil.which("fc-list"): return []                    # Chromium needs only the library, not the tools
+    r = subprocess.run(["fc-list", ":charset=1f917", "family"], capture_output=True, text=True)
+    return sorted(set(r.stdout.split("\n")) - {""})
+
+
+def ensure_emoji_font() -> list[str]:
+    "Without a colour emoji font, the course's 🤗 shows as a missing-glyph box."
+    fonts = emoji_fonts()
+    if fonts: return fonts
+    _apt_install(["fonts-noto-color-emoji", "fontconfig"], "A font with emoji")
+    subprocess.run(["fc-cache", "-f"], check=False, stdout=subprocess.DEVNULL)
+    return emoji_fonts()
+
+
+def ensure_katex() -> Path:
+    "KaTeX's dist/ folder, installed from npm into a cache folder the first time (pinned version)."
+    dist = KATEX_CACHE / "node_modules" / "katex" / "dist"
+    if (dist / "contrib" / "auto-render.min.js").exists(): return dist
+    npm = shutil.which("npm")
+    if not npm: sys.exit("docs check: KaTeX is needed to typeset the math offline, and npm is missing; install Node.js and npm")
+    print(f"docs check: installing KaTeX {KATEX_VERSION} from npm into {KATEX_CACHE} (once per machine)...", flush=True)
+    KATEX_CACHE.mkdir(parents=True, exist_ok=True)
+    subprocess.run([npm, "install", "--no-save", "--no-audit", "--no-fund", "--prefix", str(KATEX_CACHE),
+                    f"katex@{KATEX_VERSION}"], check=True, stdout=subprocess.DEVNULL)
+    return dist
+
+
+def math_report(chromium: str, url: str) -> dict | None:
+    "Open a page, let KaTeX typeset it, and read the report its script left on <body> (None: no report)."
+    with tempfile.TemporaryDirectory() as profile:
+        cmd = [chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--virtual-time-budget=4000", "--dump-dom", url]
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    m = re.search(r'data-math-report="([^"]*)"', r.stdout)
+    return json.loads(html.unescape(m.group(1))) if m else None
+
+
+def math_problems(page: str, report: dict | None) -> list[str]:
+    if report is None: return [f"{page}: the math check left no report (the page's script did not run)"]
+    if not report["loaded"]: return [f"{page}: KaTeX did not load, the math stays raw"]
+    one_line = lambda text: " ".join(text.split())
+    return ([f"{page}: formula does not typeset: {one_line(e['tex'])} — {one_line(e['message'])}" for e in report["errors"]]
+            + [f"{page}: raw TeX left in the text: {one_line(raw)}" for raw in report["raw"]])
+
+
+def check_math(page_html: str, chromium: str | None = None) -> tuple[int, list[str]]:
+    "Typeset one page made by `html_exporter` in Chromium: (formulas typeset, problems)."
+    with tempfile.TemporaryDirectory() as folder:
+        shutil.copytree(ensure_katex(), Path(folder) / "katex")
+        page = Path(folder) / "page.html"
+        page.write_text(page_html)
+        report = math_report(chromium or ensure_chromium(), page.as_uri())
+    return (report or {}).get("formulas", 0), math_problems("page.html", report)
 
 
 def screenshot(chromium: str, url: str, png: Path) -> str | None:
@@ -218,7 +365,7 @@ def main(argv=None) -> int:
     ap.add_argument("--no-browser", action="store_true", help="skip the screenshots (link and output checks still run)")
     args = ap.parse_args(argv)
     t0 = time.time()
-    problems = check_quarto_config() + doc_execution_problems()
+    problems = check_quarto_config() + doc_execution_problems() + hidden_prose_problems()
     proc = process_notebooks()
     site, shots = OUT / "site", OUT / "screenshots"
     shutil.rmtree(OUT, ignore_errors=True); shots.mkdir(parents=True)
@@ -234,10 +381,16 @@ def main(argv=None) -> int:
             time.sleep(0.1)
         problems += link_problems(site, base)
         if not args.no_browser:
-            chromium = ensure_chromium()
+            chromium, fonts = ensure_chromium(), ensure_emoji_font()
+            if not fonts: problems.append("no installed font has the 🤗 emoji: screenshots show a missing-glyph box")
+            formulas = {}
             for html_name in sorted(set(names.values())):
                 err = screenshot(chromium, base + html_name, shots / html_name.replace(".html", ".png"))
                 if err: problems.append(err)
+                report = math_report(chromium, base + html_name)
+                problems += math_problems(html_name, report)
+                formulas[Path(html_name).stem] = (report or {}).get("formulas", 0)
+            print("docs check: formulas typeset with KaTeX: " + ", ".join(f"{k} {v}" for k, v in formulas.items()))
     finally:
         os.kill(server.pid, 15); server.wait(timeout=10)
     for p in problems: print(f"docs check: {p}")

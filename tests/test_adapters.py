@@ -168,9 +168,10 @@ def test_training_changes_only_adapters_and_head(tmp_path):
     assert restored.lightft_adapter_config == adapter_config("houlsby", reduction_factor=8)
 
 
-def test_reapplying_a_method_starts_fresh():
+def test_reapplying_a_method_needs_replace_and_starts_fresh():
     model = apply_method(base_model(), "houlsby")
-    model = apply_method(model, "pfeiffer")
+    with pytest.raises(ValueError, match="already has the method 'houlsby'"): apply_method(model, "pfeiffer")
+    model = apply_method(model, "pfeiffer", replace=True)
     sites = [m for m in model.modules() if isinstance(m, AdaptedSublayer)]
     assert len(sites) == CONFIG.num_hidden_layers and all(s.norm_before for s in sites)
 
@@ -183,7 +184,7 @@ def test_errors_are_clear():
     with pytest.raises(ValueError, match="places no adapter"): add_adapters(base_model(), "pfeiffer", after_ffn=False)
     with pytest.raises(ValueError, match="no adapters"): train_adapters(base_model())
     with pytest.raises(TypeError, match="base_model"): add_adapters(torch.nn.Linear(3, 3))
-    with pytest.raises(ValueError, match="unknown non-linearity"): add_adapters(base_model(), "houlsby", non_linearity="sigmoid")
+    with pytest.raises(ValueError, match="non_linearity must be one of"): add_adapters(base_model(), "houlsby", non_linearity="sigmoid")
 
 
 def test_aliases():

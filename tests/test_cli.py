@@ -3,11 +3,11 @@ import json, os, subprocess, sys
 from pathlib import Path
 import pytest
 
-LIGHTFT = Path(sys.executable).parent / "lightft"
+LIGHTFT = [sys.executable, "-m", "lightft"]   # works from a source tree too, where no console script is on PATH
 
 
 def run(*args):
-    return subprocess.run([str(LIGHTFT), *args], capture_output=True, text=True, timeout=120,
+    return subprocess.run([*LIGHTFT, *args], capture_output=True, text=True, timeout=120,
                           env={**os.environ, "HF_HUB_OFFLINE": "1"})
 
 
@@ -32,3 +32,10 @@ def test_bad_arguments_fail_with_one_line(args):
     r = run(*args)
     assert r.returncode == 2
     if args: assert len(r.stderr.strip().splitlines()) == 1 and "error" in r.stderr
+
+
+def test_the_console_script_when_installed():
+    script = Path(sys.executable).parent / "lightft"
+    if not script.exists(): pytest.skip("no lightft console script next to this Python (a source tree without pip install -e)")
+    r = subprocess.run([str(script), "--version"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.startswith("lightft ")

@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 from lightft.core import set_seed
-from lightft.lora import LoRALinear, add_lora, lora_layers, merge_lora, unmerge_lora, remove_lora, peft_config, export_peft
+from lightft.lora import LoRALinear, add_lora, mark_only_lora_as_trainable, lora_layers, merge_lora, unmerge_lora, remove_lora, peft_config, export_peft
 from lightft.methods import apply_method
 from tiny_models import tiny_bert_config, tiny_bert, inputs
 
@@ -29,7 +29,7 @@ def logits(model, x=None):
 
 
 def lora_model(options, seed=0):
-    model = add_lora(base_model(seed), **options)
+    model = mark_only_lora_as_trainable(add_lora(base_model(seed), **options))   # add, then mark (loralib's split)
     for p in model.classifier.parameters(): p.requires_grad_(True)
     return model
 
@@ -47,7 +47,7 @@ def test_lora_linear_shapes_and_zero_update():
     set_seed(0)
     layer = LoRALinear(nn.Linear(5, 7), r=3, alpha=6)
     assert layer.lora_A.shape == (3, 5) and layer.lora_B.shape == (7, 3) and layer.scaling == 2
-    assert not any(p.requires_grad for p in layer.base_layer.parameters())
+    assert all(p.requires_grad for p in layer.base_layer.parameters())   # wrapping freezes nothing: marking is separate
     assert layer.dropout is None and not layer.merged
     x = torch.randn(2, 4, 5)
     assert torch.equal(layer(x), layer.base_layer(x))   # B = 0: exactly the base layer
@@ -230,3 +230,9 @@ def test_peft_config_refuses_what_peft_lora_cannot_hold():
     model.bert.embeddings.word_embeddings.weight.requires_grad_(True)
     with pytest.raises(ValueError, match="cannot hold.*word_embeddings"): peft_config(model)
     with pytest.raises(ValueError, match="no LoRA layers"): peft_config(base_model())
+
+
+def test_add_lora_adds_and_freezes_nothing():
+    model = add_lora(base_model())
+    assert all(p.requires_grad for p in model.parameters())
+    with pytest.raises(ValueError, match="has no LoRA layers"): mark_only_lora_as_trainable(base_model())

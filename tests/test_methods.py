@@ -3,7 +3,9 @@ import pytest
 import torch
 from transformers import BertConfig, BertForSequenceClassification
 from lightft.core import set_seed
-from lightft.methods import METHODS, apply_method, get_method, save_trainable, load_trainable, load_plugins
+from lightft.methods import (METHODS, apply_method, get_method, save_trainable, load_trainable, load_plugins, remove_method,
+                             current_method)
+from lightft.freeze import model_parts
 
 CONFIG = BertConfig(vocab_size=60, hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=48,
                     max_position_embeddings=24, num_labels=2, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
@@ -87,3 +89,101 @@ def test_method_mismatch_is_refused(tmp_path):
 def test_non_transformers_model_fails_clearly():
     with pytest.raises(TypeError, match="base_model"):
         apply_method(torch.nn.Linear(3, 3), "head")
+
+
+def _hooks(model):
+    return sum(len(m._forward_pre_hooks) + len(m._forward_hooks) + len(m._backward_hooks) for m in model.modules())
+
+
+def _same_as_base(model, reference):
+    "Bit for bit the base model: the same modules, the same state_dict, every parameter trainable, no hooks, no lightft_* attribute."
+    assert [(n, type(m)) for n, m in model.named_modules()] == [(n, type(m)) for n, m in reference.named_modules()]
+    state, ref = model.state_dict(), reference.state_dict()
+    assert list(state) == list(ref)
+    assert all(torch.equal(state[k], ref[k]) for k in ref)
+    assert all(p.requires_grad for p in model.parameters())
+    assert _hooks(model) == _hooks(reference) == 0
+    assert [a for a in vars(model) if a.startswith("lightft_")] == []
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_apply_then_remove_gives_the_base_back(name):
+    model = apply_method(base_model(), name)
+    assert current_method(model) == name
+    _same_as_base(remove_method(model), base_model())
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_remove_restores_the_outputs(name):
+    x = {k: v for k, v in batch(3).items() if k != "labels"}
+    model = apply_method(base_model().eval(), name)
+    remove_method(model)
+    with torch.no_grad(): assert torch.equal(model.eval()(**x).logits, base_model().eval()(**x).logits)
+
+
+@pytest.mark.parametrize("first,second", [(a, b) for a in NAMES for b in NAMES if a != b][::7] + [("lora", "houlsby"), ("prompt", "prefix")])
+def test_a_second_method_is_refused_unless_replace(first, second):
+    model = apply_method(base_model(), first)
+    with pytest.raises(ValueError, match=f"already has the method '{first}'"):
+        apply_method(model, second)
+    assert current_method(model) == first                       # the refusal changed nothing
+    apply_method(model, second, replace=True)
+    only = apply_method(base_model(), second)
+    assert current_method(model) == second
+    assert [n for n, p in model.named_parameters() if p.requires_grad] == [n for n, p in only.named_parameters() if p.requires_grad]
+    assert [(n, type(m)) for n, m in model.named_modules()] == [(n, type(m)) for n, m in only.named_modules()]
+    _same_as_base(remove_method(model), base_model())
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_the_head_is_the_task_head_only(name):
+    model = apply_method(base_model(), name)
+    assert list(model_parts(model)["head"]) == ["dropout", "classifier"]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_a_refused_checkpoint_leaves_the_model_untouched(name, tmp_path):
+    save_trainable(train_step(apply_method(base_model(), name)), tmp_path / "c.safetensors")
+    other = base_model(seed=7)
+    with pytest.raises(ValueError, match="different base model"):
+        load_trainable(other, tmp_path / "c.safetensors")
+    _same_as_base(other, base_model(seed=7))
+
+
+def test_a_checkpoint_with_other_parameter_names_is_refused_and_rolled_back(tmp_path):
+    from safetensors.torch import save_file
+    import json
+    from lightft.methods import base_fingerprint, tensors_sha256
+    model = base_model()
+    tensors = {"bert.not_a_parameter": torch.zeros(3)}
+    meta = {"lightft_method": "bitfit", "lightft_options": json.dumps({}), "base_fingerprint": base_fingerprint(model),
+            "tensors_sha256": tensors_sha256(tensors)}
+    save_file(tensors, str(tmp_path / "odd.safetensors"), metadata=meta)
+    with pytest.raises(ValueError, match="does not match the model's trainable parameters"):
+        load_trainable(model, tmp_path / "odd.safetensors")
+    _same_as_base(model, base_model())
+
+
+@pytest.mark.parametrize("name,options,error,match", [
+    ("lora", dict(r=0), ValueError, "r must be a whole number >= 1"),
+    ("lora", dict(r="16"), ValueError, "r must be a whole number >= 1"),
+    ("lora", dict(alpha=0), ValueError, "alpha must be a number > 0"),
+    ("lora", dict(dropout=1.0), ValueError, r"dropout must be a number in \[0, 1\)"),
+    ("lora", dict(targets=[]), ValueError, "targets must be a non-empty list"),
+    ("lora", dict(rank=4), TypeError, "rank"),
+    ("houlsby", dict(reduction_factor=-4), ValueError, "reduction_factor must be a number > 0"),
+    ("houlsby", dict(reduction_factor=0), ValueError, "reduction_factor must be a number > 0"),
+    ("pfeiffer", dict(reduction_factor="16"), ValueError, "reduction_factor must be a number > 0"),
+    ("pfeiffer", dict(non_linearity="sigmoid"), ValueError, "non_linearity must be one of"),
+    ("prompt", dict(n_tokens=0), ValueError, "n_tokens must be a whole number >= 1"),
+    ("prefix", dict(n_tokens="5"), ValueError, "n_tokens must be a whole number >= 1"),
+    ("prefix", dict(init="zeros"), ValueError, "init must be 'vocab' or 'random'"),
+    ("top-k", dict(k="2"), ValueError, "k must be a whole number"),
+    ("top9", {}, ValueError, "the model has 3 encoder layers"),
+    ("bitfit", dict(r=4), TypeError, "takes no options"),
+])
+def test_bad_options_are_refused_before_the_model_changes(name, options, error, match):
+    model = base_model()
+    with pytest.raises(error, match=match):
+        apply_method(model, name, **options)
+    _same_as_base(model, base_model())

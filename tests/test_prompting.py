@@ -1,4 +1,4 @@
-"Chapter 8: cloze prompts, in-context scoring, soft prompts and prefixes — on tiny random models, checked against peft."
+"Chapters 8 and 8a: cloze prompts, in-context scoring, soft prompts and prefixes — on tiny random models, checked against peft."
 import copy
 import pytest
 import torch
@@ -7,8 +7,9 @@ from transformers import (BertConfig, BertForMaskedLM, BertForSequenceClassifica
 from lightft.core import set_seed, param_report
 from lightft.methods import apply_method
 from lightft.prompting import (Template, Verbalizer, expand_masks, ClozeClassifier, cloze_scores, contextual_calibration,
-                               cloze_tokenize, few_shot_prompt, icl_scores, icl_classify, add_soft_prompt, prompt_tuning,
-                               add_prefix, prefix_tuning, PrefixSelfAttention, NextWordClassifier, prompt_tokenize)
+                               cloze_tokenize, few_shot_prompt, icl_scores, icl_classify)
+from lightft.prompt_tuning import (add_soft_prompt, prompt_tuning, remove_soft_prompt, add_prefix, prefix_tuning, remove_prefix,
+                                   PrefixSelfAttention, NextWordClassifier, prompt_tokenize)
 
 WORDS = ("the food was good bad great awful it all in . ! , : review sentiment positive negative staff slow friendly cold "
          "we loved hated service n / a won ##der ##ful ##s very really").split()
@@ -254,7 +255,8 @@ def test_empty_prefix_is_the_original_attention(implementation):
     set_seed(0)
     reference = BertForSequenceClassification(config).eval()
     assert type(reference.bert.encoder.layer[0].attention.self).__name__ == {"eager": "BertSelfAttention", "sdpa": "BertSdpaSelfAttention"}[implementation]
-    wrapped = add_prefix(copy.deepcopy(reference), n_tokens=0, init="random")
+    wrapped = copy.deepcopy(reference)        # a prefix of length 0, wrapped by hand (add_prefix asks for n_tokens >= 1)
+    for layer in wrapped.bert.encoder.layer: layer.attention.self = PrefixSelfAttention(layer.attention.self, 0)
     assert all(isinstance(layer.attention.self, PrefixSelfAttention) for layer in wrapped.bert.encoder.layer)
     ids, mask = batch()
     with torch.no_grad():

@@ -3,6 +3,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from lightft.core import get_device
 from torch import nn
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
 from torch.optim.optimizer import register_optimizer_step_pre_hook
@@ -77,7 +78,7 @@ def test_same_seed_same_run(tokenizer, data):
 
 
 def test_only_trainable_parameters_change(tokenizer, data):
-    model = tiny_model(tokenizer)
+    model = tiny_model(tokenizer).to(get_device())      # compare on the device fit trains on (CPU or CUDA), never across devices
     model.bert.embeddings.requires_grad_(False)
     model.bert.encoder.layer[0].requires_grad_(False)
     before = weights(model)

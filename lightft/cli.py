@@ -10,7 +10,7 @@ import argparse, json, sys
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['build_parser', 'main']
+__all__ = ['parse_options', 'build_parser', 'main']
 
 # %% ../nbs/13_cli.ipynb #4486bf3c
 class _Parser(argparse.ArgumentParser):
@@ -27,6 +27,38 @@ def _whole_number(low:int):
         return value
     parse.__name__ = f"whole number >= {low}"
     return parse
+
+def _positive_float(text:str)->float:
+    "An argparse type: a number > 0."
+    try: value = float(text)
+    except ValueError: raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0: raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+def _seed_list(text:str)->list:
+    "An argparse type: comma-separated whole numbers, e.g. 0,1,2."
+    try: seeds = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError: raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of whole numbers, e.g. 0,1,2") from None
+    if not seeds: raise argparse.ArgumentTypeError("names no seed; e.g. --seeds 0,1,2")
+    if len(set(seeds)) != len(seeds): raise argparse.ArgumentTypeError(f"{text!r} repeats a seed")
+    return seeds
+
+def parse_options(pairs:list, # strings "method.key=value", e.g. ["lora.r=16", "lora.targets=all-linear"]
+                 )->dict:
+    "`--option` values as {method: {key: value}}; values read as JSON when they parse (16, 0.1, true, [..]) and as text otherwise, lists split at commas."
+    from lightft.methods import get_method
+    options = {}
+    for pair in pairs or []:
+        name_key, eq, raw = pair.partition("=")
+        method, dot, key = name_key.partition(".")
+        if not (eq and dot and method and key):
+            raise ValueError(f"--option {pair!r}: write method.key=value, e.g. --option lora.r=16")
+        spec, defaults = get_method(method)
+        try: value = json.loads(raw)
+        except ValueError: value = raw
+        if isinstance(defaults.get(key), (list, tuple)) and isinstance(value, str) and value != "all-linear": value = [v.strip() for v in value.split(",") if v.strip()]
+        options.setdefault(method, {})[key] = value
+    return options
 
 def _check_out(out:str)->Path:
     "The results folder, created and probed for writing now, before any training."
@@ -62,10 +94,13 @@ def _cmd_compare(args)->int:
     for name in methods:
         try: get_method(name)
         except KeyError as e: raise ValueError(e.args[0]) from None
+    options = parse_options(args.option)
     _check_out(args.out)                                  # a bad --out fails now, not after an hour of training
     from lightft.compare import compare, format_table, write_results
-    rows = compare(args.model, args.task, methods, epochs=args.epochs, quick=args.quick, seed=args.seed,
-                   data_dir=args.data_dir, baseline=not args.no_baseline)
+    settings = {k: v for k, v in dict(lr=args.lr, batch_size=args.batch_size, max_length=args.max_length, train_subset=args.train_subset,
+                                      grad_accum=args.grad_accum, precision=args.precision, device=args.device).items() if v is not None}
+    rows = compare(args.model, args.task, methods, options=options, epochs=args.epochs, quick=args.quick, seed=args.seed,
+                   seeds=args.seeds, data_dir=args.data_dir, baseline=not args.no_baseline, **settings)
     print(); print(format_table(rows))
     for path in write_results(rows, args.out): print(f"wrote {path}")
     return 0 if len(rows) > (0 if args.no_baseline else 1) else 130
@@ -93,13 +128,30 @@ def build_parser()->argparse.ArgumentParser:
 
     cmp = sub.add_parser("compare", help="train several methods on one model and task; print and save the results table",
                          description="Run lightweight fine-tuning methods on one model and task the same way, print the table, "
-                                     "and write results.csv, results.json and results.png to --out.")
+                                     "and write results.csv, results.json and results.png to --out.",
+                         formatter_class=argparse.RawDescriptionHelpFormatter,
+                         epilog="examples:\n"
+                                "  lightft compare --quick\n"
+                                "  lightft compare --methods full,lora --option lora.r=16 --option lora.targets=all-linear\n"
+                                "  lightft compare --methods head,bitfit --lr 1e-2 --batch-size 16 --max-length 64 --seeds 0,1,2\n"
+                                "  lightft compare --model tiny-bert --methods full --precision bf16 --grad-accum 4\n"
+                                "  lightft compare --task sst2 --data-dir path/to/SST-2 --train-subset 2000")
     cmp.add_argument("--model", default="minilm-l6", help="model: minilm-l6, tiny-bert, a folder or a hub id (default: minilm-l6)")
-    cmp.add_argument("--task", default="sentiment", help="task: sentiment, sst2 or imdb (default: sentiment)")
+    cmp.add_argument("--task", default="sentiment", help="a classification task: sentiment, sst2 or imdb (default: sentiment)")
     cmp.add_argument("--methods", default="full,head,bitfit", help="comma-separated method names (default: full,head,bitfit); see --list")
     cmp.add_argument("--epochs", type=_whole_number(1), default=None, help="passes over the training data (default: 3, or 2 with --quick)")
     cmp.add_argument("--quick", action="store_true", help="the quick preset: 2 epochs, 64 tokens (minutes on a laptop CPU)")
     cmp.add_argument("--seed", type=int, default=0, help="random seed, the same for every method (default: 0)")
+    cmp.add_argument("--seeds", type=_seed_list, default=None, help="run every method once per seed, e.g. 0,1,2: the table shows mean ± std")
+    cmp.add_argument("--lr", type=_positive_float, default=None, help="peak learning rate for every method (default: each method's own)")
+    cmp.add_argument("--batch-size", type=_whole_number(1), default=None, help="training examples per optimizer step (default: 32)")
+    cmp.add_argument("--max-length", type=_whole_number(2), default=None, help="tokens per example (default: 128, or 64 with --quick)")
+    cmp.add_argument("--train-subset", type=_whole_number(1), default=None, help="train on a seeded subset of this many examples")
+    cmp.add_argument("--grad-accum", type=_whole_number(1), default=None, help="micro-batches per step, accumulating gradients (divides --batch-size)")
+    cmp.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default=None, help="autocast precision (default: fp32; fp16 needs CUDA)")
+    cmp.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: the best available)")
+    cmp.add_argument("--option", action="append", default=[], metavar="METHOD.KEY=VALUE",
+                     help="a method option, repeatable: e.g. --option lora.r=16 --option lora.targets=all-linear")
     cmp.add_argument("--data-dir", default=None, help="read the task's files from this folder (e.g. GLUE SST-2 TSVs)")
     cmp.add_argument("--out", default="results", help="folder for results.csv/.json/.png (default: ./results)")
     cmp.add_argument("--no-baseline", action="store_true", help="skip the TF-IDF + logistic regression row")

@@ -8,16 +8,17 @@ Docs: https://lightft.github.io/lightft/compare.html.md"""
 from __future__ import annotations
 import csv, json, math, tempfile, time
 from pathlib import Path
+import numpy as np
 
 from .core import param_report, measure, set_seed, env_report, format_bytes
 from .data import load_task, get_task_spec
 from .models import load_plm, check_plm
 from .methods import apply_method, get_method, save_trainable
-from .train import fit, evaluate
+from .train import fit, evaluate, PRECISIONS
 
 # %% auto #0
-__all__ = ['QUICK', 'SETTINGS', 'labelled_splits', 'run_method', 'tfidf_baseline', 'check_settings', 'compare', 'format_table',
-           'plot_results', 'write_results']
+__all__ = ['QUICK', 'SETTINGS', 'labelled_splits', 'run_method', 'tfidf_baseline', 'check_settings', 'compare', 'summarize_seeds',
+           'format_table', 'plot_results', 'write_results']
 
 # %% ../nbs/05b_compare.ipynb #d5dd4d5d
 def labelled_splits(data)->tuple:
@@ -39,6 +40,9 @@ def run_method(model_name:str, # a name for `load_plm`: "minilm-l6", "tiny-bert"
                seed:int=0, # seeds the new head, the method's new weights, dropout and data order
                train_subset:int|None=None, # train on a seeded subset of this many examples
                progress:bool=True, # tqdm progress bars
+               grad_accum:int=1, # micro-batches per optimizer step (see `fit`)
+               precision:str="fp32", # "fp32", "bf16" or "fp16" (see `fit`)
+               device:str|None=None, # "cpu", "cuda", ...; default: `get_device()`
               )->dict:
     "Train `method` on `model_name` with `data` and measure it: one row of the results table."
     spec, defaults = get_method(method)
@@ -52,10 +56,11 @@ def run_method(model_name:str, # a name for `load_plm`: "minilm-l6", "tiny-bert"
     apply_method(model, method, **options)
     counts = param_report(model)
     history = fit(model, tokenizer, data, epochs=epochs, lr=lr, batch_size=batch_size, max_length=max_length, seed=seed,
-                  eval_split=select_split, progress=progress, train_subset=train_subset)
+                  eval_split=select_split, progress=progress, train_subset=train_subset, grad_accum=grad_accum,
+                  precision=precision, device=device)
     row = dict(model=model_name, method=method, trainable=counts.trainable, total=counts.total,
                pct_trainable=round(counts.pct_trainable, 4), lr=lr, epochs=epochs, best_epoch=history.best_epoch,
-               steps=len(history.steps))
+               steps=len(history.steps), seed=seed, precision=precision, device=history.config["device"])
     if options: row["options"] = json.dumps(options, sort_keys=True)
     results = {report_split: evaluate(model, tokenizer, data[report_split], max_length=max_length)}
     if "challenge" in data: results["challenge"] = evaluate(model, tokenizer, data["challenge"], max_length=max_length)
@@ -83,7 +88,7 @@ def tfidf_baseline(data, # a `DatasetDict` from `load_task`
         clf = LogisticRegression(C=C, max_iter=2000, random_state=seed).fit(features, data["train"]["label"])
     n = clf.coef_.size + clf.intercept_.size
     row = dict(model="none", method="tfidf-logreg", trainable=n, total=n, pct_trainable=100.0, lr=None, epochs=None,
-               best_epoch=None, steps=None)
+               best_epoch=None, steps=None, seed=seed)
     for split in [report_split] + (["challenge"] if "challenge" in data else []):
         preds = clf.predict(vectorizer.transform(data[split]["text"]))
         row[f"{split}_accuracy"] = round(accuracy_score(data[split]["label"], preds), 4)
@@ -119,7 +124,7 @@ def _run_job(job:str, out:str)->int:
     return 0
 
 QUICK = dict(epochs=2, max_length=64)   # `--quick`: fewer epochs, shorter texts — minutes on a laptop CPU
-SETTINGS = ("epochs", "lr", "batch_size", "max_length", "train_subset")   # run settings `compare` passes to every `run_method`
+SETTINGS = ("epochs", "lr", "batch_size", "max_length", "train_subset", "grad_accum", "precision", "device")   # run settings for every `run_method`
 
 def check_settings(settings:dict, # run settings by name, e.g. {"epochs": 3, "lr": 1e-3}
                   )->dict:
@@ -130,7 +135,16 @@ def check_settings(settings:dict, # run settings by name, e.g. {"epochs": 3, "lr
         v = settings.get(name)
         if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < low):
             raise ValueError(f"{name} must be a whole number >= {low}, got {v!r}")
-    whole("epochs", 1); whole("batch_size", 1); whole("max_length", 2); whole("train_subset", 1)
+    whole("epochs", 1); whole("batch_size", 1); whole("max_length", 2); whole("train_subset", 1); whole("grad_accum", 1)
+    if settings.get("grad_accum") and settings.get("batch_size", 32) % settings["grad_accum"]:
+        raise ValueError(f"grad_accum={settings['grad_accum']} must divide batch_size={settings.get('batch_size', 32)}")
+    if settings.get("precision") not in (None, *PRECISIONS): raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {settings['precision']!r}")
+    if settings.get("device") is not None:
+        import torch
+        try: device = torch.device(settings["device"])
+        except (RuntimeError, TypeError): raise ValueError(f"device {settings['device']!r} is not a device name such as 'cpu' or 'cuda'") from None
+        if device.type == "cuda" and not torch.cuda.is_available(): raise ValueError("device 'cuda' asked for, but this machine has no CUDA GPU")
+        if settings.get("precision") == "fp16" and device.type != "cuda": raise ValueError("precision fp16 needs a CUDA device; use bf16")
     lr = settings.get("lr")
     if lr is not None and (isinstance(lr, bool) or not isinstance(lr, (int, float)) or not (0 < lr < 10)):
         raise ValueError(f"lr must be a number > 0 (e.g. 5e-5), got {lr!r}")
@@ -149,6 +163,7 @@ def compare(model:str="minilm-l6", # a name for `load_plm`
             methods:tuple|list|str=("full", "head", "bitfit"), # registered methods (or one comma-separated string)
             *,
             options:dict|None=None, # options per method, e.g. {"lora": {"r": 16}}
+            seeds:list|None=None, # run every method once per seed (the table then shows mean ± std); default: [seed]
             epochs:int|None=None, # passes over the training data; default 3 (2 with `quick`)
             quick:bool=False, # the quick preset: 2 epochs, max_length 64
             seed:int=0, # the same seed for every method
@@ -181,21 +196,41 @@ def compare(model:str="minilm-l6", # a name for `load_plm`
         if k is not None and layers is not None and k > layers:
             raise ValueError(f"{name}: top-k with k={k}, but {model} has {layers} encoder layers: choose 0 <= k <= {layers}")
     data = load_task(task, data_dir=data_dir)
-    rows = [tfidf_baseline(data, seed=seed)] if baseline else []
+    seeds = [seed] if seeds is None else list(seeds)
+    if not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds): raise ValueError(f"seeds must be whole numbers, got {seeds!r}")
+    rows = [tfidf_baseline(data, seed=s) for s in seeds] if baseline else []
     run = _run_in_fresh_process if isolate else run_method
     try:
         for name in methods:
-            if progress: print(f"--- {model} / {name}", flush=True)
-            rows.append(run(model, name, data, options.get(name), seed=seed, progress=progress, **settings))
+            for s in seeds:
+                if progress: print(f"--- {model} / {name}" + (f" / seed {s}" if len(seeds) > 1 else ""), flush=True)
+                rows.append(run(model, name, data, options.get(name), seed=s, progress=progress, **settings))
     except KeyboardInterrupt:
         print(f"interrupted: keeping the {len(rows)} finished row(s)", flush=True)
     return rows
 
 
 # %% ../nbs/05b_compare.ipynb #a0228a3e
-def _fmt(value, kind):
+def summarize_seeds(rows:list, # rows from `compare`, several seeds per method
+                   )->list:
+    "One row per model, method and options: numbers averaged over the seeds, with `<key>_std` for the accuracies and `seeds` listing them."
+    groups = {}
+    for r in rows: groups.setdefault((r.get("model"), r["method"], r.get("options")), []).append(r)
+    summary = []
+    for group in groups.values():
+        row = dict(group[0])
+        for key in group[0]:
+            values = [r.get(key) for r in group]
+            if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+                row[key] = round(float(np.mean(values)), 4) if key not in ("trainable", "total", "checkpoint_bytes", "steps", "epochs") else group[0][key]
+                if key.endswith(("_accuracy", "_macro_f1")): row[f"{key}_std"] = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+        row["seeds"] = [r.get("seed") for r in group]
+        summary.append(row)
+    return summary
+
+def _fmt(value, kind, std=None):
     if value is None or (isinstance(value, float) and math.isnan(value)): return "—"
-    if kind == "pct": return f"{100 * value:.1f}"
+    if kind == "pct": return f"{100 * value:.1f}" + (f" ± {100 * std:.1f}" if std is not None else "")
     if kind == "int": return f"{value:,}"
     if kind == "bytes": return format_bytes(value)
     return str(value)
@@ -212,9 +247,11 @@ def _columns(rows):
 def format_table(rows:list, # rows from `compare` or `run_method`
                  markdown:bool=False, # a Markdown table instead of aligned text
                 )->str:
-    "The results as an aligned text table (or Markdown)."
+    "The results as an aligned text table (or Markdown); several seeds per method become one row of mean ± standard deviation."
+    if len({r.get("seed") for r in rows}) > 1 and not any("seeds" in r for r in rows): rows = summarize_seeds(rows)
     cols = _columns(rows)
-    cells = [[_fmt(r.get(key), kind) for _, key, kind in cols] for r in rows]
+    std = lambda r, key: r.get(f"{key}_std") if len(r.get("seeds", [])) > 1 else None
+    cells = [[_fmt(r.get(key), kind, std(r, key)) for _, key, kind in cols] for r in rows]
     header = [name for name, _, _ in cols]
     if markdown:
         lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" if i == 0 else "---:" for i in range(len(cols))) + "|"]
@@ -227,15 +264,16 @@ def plot_results(rows:list, # rows from `compare`
                  path:str|Path|None=None, # save the figure here (PNG) if given
                  title:str|None=None, # the figure's title
                 ):
-    "Accuracy against trainable parameters (log scale), one point per method."
+    "Accuracy against trainable parameters (log scale), one point per method (with several seeds: the mean, and ± one standard deviation as error bars)."
     import matplotlib.pyplot as plt
+    if len({r.get("seed") for r in rows}) > 1 and not any("seeds" in r for r in rows): rows = summarize_seeds(rows)
     cols = _columns(rows)
     acc_key = cols[3][1]
     fig, ax = plt.subplots(figsize=(7, 4.2))
     for r in rows:
         if r.get(acc_key) is None: continue
         marker = "s" if r["method"] == "tfidf-logreg" else "o"
-        ax.scatter(r["trainable"], 100 * r[acc_key], marker=marker, s=50)
+        ax.errorbar(r["trainable"], 100 * r[acc_key], yerr=100 * r.get(f"{acc_key}_std", 0.0), fmt=marker, ms=7, capsize=3)
         ax.annotate(r["method"], (r["trainable"], 100 * r[acc_key]), textcoords="offset points", xytext=(6, 4), fontsize=9)
         if r.get("challenge_accuracy") is not None:
             ax.scatter(r["trainable"], 100 * r["challenge_accuracy"], marker=marker, s=25, facecolors="none", edgecolors="gray")

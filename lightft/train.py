@@ -6,7 +6,7 @@ Docs: https://lightft.github.io/lightft/finetuning.html.md"""
 
 # %% ../nbs/04_finetuning.ipynb #8daef9c0
 from __future__ import annotations
-import math, time
+import contextlib, itertools, math, time
 from dataclasses import dataclass, field, asdict
 
 import numpy as np
@@ -22,9 +22,9 @@ from .core import set_seed, param_report, measure, get_device, eval_mode
 from .data import tokenize, PadCollator
 
 # %% auto #0
-__all__ = ['MODEL_INPUTS', 'as_tokenized', 'make_loader', 'logits_of', 'decay_parameter_names', 'param_groups',
+__all__ = ['MODEL_INPUTS', 'PRECISIONS', 'as_tokenized', 'make_loader', 'logits_of', 'decay_parameter_names', 'param_groups',
            'linear_warmup_decay', 'warmup_steps_for', 'make_scheduler', 'classification_metrics', 'evaluate', 'predict',
-           'History', 'fit', 'sample_splits']
+           'History', 'autocast', 'fit', 'sample_splits']
 
 # %% ../nbs/04_finetuning.ipynb #ecb1e77e
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "labels")
@@ -239,6 +239,15 @@ def _check_labels(model:nn.Module, split, name:str):
         raise ValueError(f"the {name} split has labels from {low} to {high}, but the model has {n} outputs (labels 0..{n - 1}); "
                          f"load it with num_labels={high + 1} or fix the labels")
 
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+def autocast(device:torch.device, # where the model runs
+             precision:str="fp32", # "fp32" (no autocast), "bf16" or "fp16"
+            ):
+    "The autocast context for a forward pass at `precision`: matrix products in bf16/fp16, reductions and the loss in fp32."
+    if precision == "fp32": return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+
 def _is_better(score, best, metric): return best is None or (score < best if metric == "loss" else score > best)
 
 def fit(model:nn.Module, # a classifier; only its trainable parameters (`requires_grad=True`) are updated
@@ -261,6 +270,8 @@ def fit(model:nn.Module, # a classifier; only its trainable parameters (`require
         best_metric:str="accuracy", # "accuracy", "macro_f1" or "loss": what makes an epoch the best
         restore_best:bool=True, # load the best epoch's trainable weights back at the end
         device:str|torch.device|None=None, # default: `get_device()`
+        grad_accum:int=1, # split each batch into this many micro-batches, accumulating their gradients (same result, less memory)
+        precision:str="fp32", # "fp32"; "bf16" (autocast, CPU or CUDA); "fp16" (autocast with a gradient scaler, CUDA only)
        )->History:
     "Train the trainable parameters of `model` with AdamW, linear warmup and decay, and gradient clipping; evaluate every epoch and keep the best one."
     for name, value, low in (("epochs", epochs, 1), ("batch_size", batch_size, 1), ("max_length", max_length, 2), ("eval_batch_size", eval_batch_size, 1)):
@@ -268,6 +279,9 @@ def fit(model:nn.Module, # a classifier; only its trainable parameters (`require
     if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0: raise ValueError(f"fit: lr must be a number > 0, got {lr!r}")
     if train_subset is not None and (isinstance(train_subset, bool) or not isinstance(train_subset, int) or train_subset < 1):
         raise ValueError(f"fit: train_subset must be a whole number >= 1 or None, got {train_subset!r}")
+    if isinstance(grad_accum, bool) or not isinstance(grad_accum, int) or grad_accum < 1 or batch_size % grad_accum:
+        raise ValueError(f"fit: grad_accum must be a whole number >= 1 that divides batch_size={batch_size}, got {grad_accum!r}")
+    if precision not in PRECISIONS: raise ValueError(f"fit: precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if train_split not in data: raise KeyError(f"train_split={train_split!r} is not in the data (splits: {', '.join(data)})")
     _check_labels(model, data[train_split], train_split)
     if best_metric not in ("accuracy", "macro_f1", "loss"):
@@ -276,12 +290,14 @@ def fit(model:nn.Module, # a classifier; only its trainable parameters (`require
         raise KeyError(f"eval_split={eval_split!r} is not in the data (splits: {', '.join(data)}); pass eval_split=None to skip evaluation")
     set_seed(seed)
     device = torch.device(device) if device is not None else get_device()
+    if precision == "fp16" and device.type != "cuda": raise ValueError(f"fit: precision='fp16' needs a CUDA device (this run is on {device.type}); use 'bf16'")
     model.to(device)
     train = as_tokenized(data[train_split], tokenizer, max_length)
     if train_subset is not None: train = train.shuffle(seed=seed).select(range(min(train_subset, len(train))))
     held_out = as_tokenized(data[eval_split], tokenizer, max_length) if eval_split is not None else None
-    loader = make_loader(train, tokenizer, batch_size, shuffle=True, seed=seed)
-    total_steps = epochs * len(loader)
+    loader = make_loader(train, tokenizer, batch_size // grad_accum, shuffle=True, seed=seed)
+    steps_per_epoch = math.ceil(len(loader) / grad_accum)
+    total_steps = epochs * steps_per_epoch
     optimizer = torch.optim.AdamW(param_groups(model, weight_decay), lr=lr)
     scheduler = make_scheduler(optimizer, total_steps, warmup_ratio)
     trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
@@ -289,24 +305,36 @@ def fit(model:nn.Module, # a classifier; only its trainable parameters (`require
     hist = History(best_metric=best_metric, trainable=report.trainable, total=report.total,
                    config=dict(epochs=epochs, lr=lr, batch_size=batch_size, warmup_ratio=warmup_ratio, weight_decay=weight_decay,
                                max_length=max_length, seed=seed, eval_split=eval_split, max_grad_norm=max_grad_norm,
+                               grad_accum=grad_accum, precision=precision,
                                train_examples=len(train), total_steps=total_steps,
                                warmup_steps=warmup_steps_for(total_steps, warmup_ratio), device=str(device)))
     best_score, best_state, step, cpu_start = None, None, 0, time.process_time()
+    scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
     with measure(device) as m:
         for epoch in range(1, epochs + 1):
             model.train()
             epoch_losses = []
-            with tqdm(total=len(loader), desc=f"epoch {epoch}/{epochs}", disable=not progress) as bar:
-                for batch in loader:
+            with tqdm(total=steps_per_epoch, desc=f"epoch {epoch}/{epochs}", disable=not progress) as bar:
+                micro_batches = iter(loader)
+                for _ in range(steps_per_epoch):
                     start = time.perf_counter()
-                    batch = {k: v.to(device) for k, v in batch.items()}
-                    loss = F.cross_entropy(logits_of(model, batch), batch["labels"])
-                    loss.backward()
+                    group = [{k: v.to(device) for k, v in b.items()} for b in itertools.islice(micro_batches, grad_accum)]
+                    examples = sum(len(b["labels"]) for b in group)
+                    loss = 0.0
+                    for batch in group:                         # one micro-batch, unless grad_accum > 1
+                        with autocast(device, precision): logits = logits_of(model, batch)
+                        part = (F.cross_entropy(logits.float(), batch["labels"]) if len(group) == 1 else
+                                F.cross_entropy(logits.float(), batch["labels"], reduction="sum") / examples)   # the mean over the whole batch
+                        (scaler.scale(part) if scaler else part).backward()
+                        loss = loss + part.detach()
+                    if scaler: scaler.unscale_(optimizer)       # clip the true gradients, not the scaled ones
                     grad_norm = nn.utils.clip_grad_norm_(trainable.values(), max_grad_norm or math.inf)
                     lr_now = optimizer.param_groups[0]["lr"]
-                    optimizer.step(); scheduler.step(); optimizer.zero_grad(set_to_none=True)
+                    if scaler: scaler.step(optimizer); scaler.update()
+                    else: optimizer.step()
+                    scheduler.step(); optimizer.zero_grad(set_to_none=True)
                     step += 1
-                    loss_value, norm_value = torch.stack([loss.detach().float(), grad_norm.float()]).tolist()   # one device-to-host sync per step
+                    loss_value, norm_value = torch.stack([loss.float(), grad_norm.float()]).tolist()   # one device-to-host sync per step
                     hist.steps.append(dict(step=step, epoch=epoch, loss=loss_value, lr=lr_now, grad_norm=norm_value))
                     hist.train_seconds += time.perf_counter() - start
                     epoch_losses.append(loss_value)

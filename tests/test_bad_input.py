@@ -133,3 +133,20 @@ def test_cli_out_that_is_a_file(tmp_path, capsys):
     (tmp_path / "f").write_text("x")
     assert main(["compare", "--out", str(tmp_path / "f")]) == 1
     assert "is a file" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv,code,text", [
+    (["compare", "--option", "lora.r=0", "--methods", "lora"], 1, "r must be a whole number >= 1"),
+    (["compare", "--option", "lora", "--methods", "lora"], 1, "write method.key=value"),
+    (["compare", "--option", "lora.r=4", "--methods", "full"], 1, "not among the methods"),
+    (["compare", "--seeds", "0,x"], 2, "not a comma-separated list"),
+    (["compare", "--lr", "-1"], 2, "must be > 0"),
+    (["compare", "--precision", "fp16", "--device", "cpu"], 1, "fp16 needs a CUDA device"),
+    (["compare", "--grad-accum", "3"], 1, "must divide batch_size=32"),
+    (["compare", "--device", "warp-drive"], 1, "not a device name"),
+])
+def test_cli_settings_are_checked_before_training(argv, code, text, tmp_path, capsys):
+    try: got = main(argv + ["--out", str(tmp_path / "out")])
+    except SystemExit as e: got = e.code
+    err = capsys.readouterr().err
+    assert got == code and text in err and err.count("\n") == 1, err

@@ -39,3 +39,14 @@ def test_the_console_script_when_installed():
     if not script.exists(): pytest.skip("no lightft console script next to this Python (a source tree without pip install -e)")
     r = subprocess.run([str(script), "--version"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and r.stdout.startswith("lightft ")
+
+
+def test_compare_with_settings_options_and_seeds(tmp_path):
+    r = run("compare", "--model", "tiny-bert", "--methods", "head,lora", "--option", "lora.r=2", "--seeds", "0,1", "--epochs", "1",
+            "--train-subset", "32", "--max-length", "32", "--batch-size", "16", "--grad-accum", "2", "--lr", "1e-3",
+            "--no-baseline", "--out", str(tmp_path))
+    assert r.returncode == 0, r.stderr
+    saved = json.loads((tmp_path / "results.json").read_text())["rows"]
+    assert [(row["method"], row["seed"]) for row in saved] == [("head", 0), ("head", 1), ("lora", 0), ("lora", 1)]   # every run is kept
+    assert all(row["lr"] == 1e-3 for row in saved) and json.loads(saved[2]["options"]) == {"r": 2}
+    assert r.stdout.count("±") >= 2                                        # the table: mean ± std over the two seeds

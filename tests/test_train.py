@@ -244,3 +244,41 @@ def test_progress_bars(tokenizer, data, capsys):
     hist = fit(tiny_model(tokenizer), tokenizer, data, **{**FAST, "epochs": 1, "progress": True})
     err = capsys.readouterr().err
     assert "epoch 1/1" in err and "val_accuracy" in err and len(hist.steps) == 6
+
+
+def no_dropout_model(tokenizer, seed=0):
+    model = tiny_model(tokenizer, seed)
+    for m in model.modules():
+        if isinstance(m, nn.Dropout): m.p = 0.0
+    return model
+
+
+def test_gradient_accumulation_gives_the_same_training(tokenizer, data):
+    options = dict(epochs=2, batch_size=8, lr=1e-3, max_length=16, progress=False, eval_split=None)
+    one, four = no_dropout_model(tokenizer), no_dropout_model(tokenizer)
+    h1 = fit(one, tokenizer, data, **options)
+    h4 = fit(four, tokenizer, data, grad_accum=4, **options)
+    assert len(h1.steps) == len(h4.steps) == 12
+    np.testing.assert_allclose(h1.losses, h4.losses, rtol=1e-4, atol=1e-5)
+    # weights: Adam divides by sqrt(v), so float noise in near-zero gradients (embedding rows of absent words) moves a few
+    # weights by up to lr per step either way; the function the model computes is what must agree
+    ids, probs1 = predict(one, tokenizer, data["test"], return_probs=True)
+    ids4, probs4 = predict(four, tokenizer, data["test"], return_probs=True)
+    assert (ids == ids4).all()
+    np.testing.assert_allclose(probs1, probs4, atol=2e-3)
+
+
+def test_bf16_autocast_trains_on_the_cpu(tokenizer, data):
+    model = tiny_model(tokenizer)
+    h = fit(model, tokenizer, data, epochs=3, batch_size=8, lr=3e-3, max_length=16, progress=False, precision="bf16", device="cpu")
+    assert h.config["precision"] == "bf16" and all(math.isfinite(l) for l in h.losses)
+    assert np.mean(h.losses[-3:]) < np.mean(h.losses[:3])
+    assert next(model.parameters()).dtype == torch.float32            # the weights stay float32: autocast changes the matmuls only
+
+
+@pytest.mark.parametrize("kwargs,match", [(dict(grad_accum=3), "divides batch_size=8"), (dict(grad_accum=0), "grad_accum must be"),
+                                          (dict(precision="int8"), "precision must be one of"),
+                                          (dict(precision="fp16", device="cpu"), "needs a CUDA device")])
+def test_fit_refuses_bad_accumulation_and_precision(tokenizer, data, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        fit(tiny_model(tokenizer), tokenizer, data, batch_size=8, progress=False, **kwargs)

@@ -23,7 +23,9 @@ __all__ = ['QUICK', 'SETTINGS', 'labelled_splits', 'run_method', 'tfidf_baseline
 # %% ../nbs/05b_compare.ipynb #d5dd4d5d
 def labelled_splits(data)->tuple:
     "The split to report (`test` when its labels are known, else `validation`) and the split to select epochs on (or `None`)."
-    def labelled(split): return split in data and len(data[split]) > 0 and min(data[split]["label"]) >= 0
+    def labelled(split):
+        if split not in data or len(data[split]) == 0: return False
+        return "ner_tags" in data[split].column_names or min(data[split]["label"]) >= 0   # tagged words are always labelled
     if labelled("test"): return "test", ("validation" if labelled("validation") else None)
     if labelled("validation"): return "validation", None
     raise ValueError("the task has no labelled test or validation split to report on")
@@ -44,20 +46,22 @@ def run_method(model_name:str, # a name for `load_plm`: "minilm-l6", "tiny-bert"
                precision:str="fp32", # "fp32", "bf16" or "fp16" (see `fit`)
                device:str|None=None, # "cpu", "cuda", ...; default: `get_device()`
               )->dict:
-    "Train `method` on `model_name` with `data` and measure it: one row of the results table."
+    "Train `method` on `model_name` with `data` and measure it: one row of the results table (accuracy, or entity F1 for tagged words)."
     spec, defaults = get_method(method)
     options = dict(options or {})
     spec.check_options({**defaults, **options})        # bad options fail here, before a model is loaded
     lr = lr if lr is not None else spec.lr
     report_split, select_split = labelled_splits(data)
-    labels = data["train"].features["label"].names
-    model, tokenizer = load_plm(model_name, num_labels=len(labels), label_names=labels, seed=seed)
+    per_token = "ner_tags" in data["train"].column_names         # tagged words (chapter 9): a token classifier, entity F1
+    labels = (data["train"].features["ner_tags"].feature if per_token else data["train"].features["label"]).names
+    model, tokenizer = load_plm(model_name, task="token-classification" if per_token else "classification",
+                                num_labels=len(labels), label_names=labels, seed=seed)
     set_seed(seed)
     apply_method(model, method, **options)
     counts = param_report(model)
     history = fit(model, tokenizer, data, epochs=epochs, lr=lr, batch_size=batch_size, max_length=max_length, seed=seed,
                   eval_split=select_split, progress=progress, train_subset=train_subset, grad_accum=grad_accum,
-                  precision=precision, device=device)
+                  precision=precision, device=device, best_metric="f1" if per_token else "accuracy")
     row = dict(model=model_name, method=method, trainable=counts.trainable, total=counts.total,
                pct_trainable=round(counts.pct_trainable, 4), lr=lr, epochs=epochs, best_epoch=history.best_epoch,
                steps=len(history.steps), seed=seed, precision=precision, device=history.config["device"])
@@ -65,7 +69,7 @@ def run_method(model_name:str, # a name for `load_plm`: "minilm-l6", "tiny-bert"
     results = {report_split: evaluate(model, tokenizer, data[report_split], max_length=max_length)}
     if "challenge" in data: results["challenge"] = evaluate(model, tokenizer, data["challenge"], max_length=max_length)
     for split, r in results.items():
-        row[f"{split}_accuracy"], row[f"{split}_macro_f1"] = round(r["accuracy"], 4), round(r["macro_f1"], 4)
+        for key in ("f1", "precision", "recall", "accuracy") if per_token else ("accuracy", "macro_f1"): row[f"{split}_{key}"] = round(r[key], 4)
     with tempfile.TemporaryDirectory() as d: row["checkpoint_bytes"] = save_trainable(model, Path(d) / "trained.safetensors")
     row.update(train_seconds=round(history.train_seconds, 1), seconds_per_step=round(history.seconds_per_step, 3),
                peak_mb=round(history.peak_mb, 1))
@@ -186,8 +190,8 @@ def compare(model:str="minilm-l6", # a name for `load_plm`
     if epochs is not None: settings["epochs"] = epochs
     check_settings(settings)
     kind = get_task_spec(task).kind
-    if kind != "classification":
-        raise ValueError(f"compare trains classification tasks so far; {task!r} is a {kind} task "
+    if kind not in ("classification", "token-classification"):
+        raise ValueError(f"compare trains classification and token-classification tasks so far; {task!r} is a {kind} task "
                          "(chapter 9 gives its data, tokenisation, metrics and inference helpers)")
     check_plm(model)
     layers = _layer_count(model)
@@ -198,7 +202,7 @@ def compare(model:str="minilm-l6", # a name for `load_plm`
     data = load_task(task, data_dir=data_dir)
     seeds = [seed] if seeds is None else list(seeds)
     if not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds): raise ValueError(f"seeds must be whole numbers, got {seeds!r}")
-    rows = [tfidf_baseline(data, seed=s) for s in seeds] if baseline else []
+    rows = [tfidf_baseline(data, seed=s) for s in seeds] if baseline and kind == "classification" else []   # TF-IDF classifies texts only
     run = _run_in_fresh_process if isolate else run_method
     try:
         for name in methods:
@@ -223,7 +227,7 @@ def summarize_seeds(rows:list, # rows from `compare`, several seeds per method
             values = [r.get(key) for r in group]
             if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
                 row[key] = round(float(np.mean(values)), 4) if key not in ("trainable", "total", "checkpoint_bytes", "steps", "epochs") else group[0][key]
-                if key.endswith(("_accuracy", "_macro_f1")): row[f"{key}_std"] = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+                if key.endswith(("_accuracy", "_f1")): row[f"{key}_std"] = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
         row["seeds"] = [r.get("seed") for r in group]
         summary.append(row)
     return summary
@@ -237,9 +241,10 @@ def _fmt(value, kind, std=None):
 
 def _columns(rows):
     report = "test" if any("test_accuracy" in r for r in rows) else "validation"
+    metric, label = ("f1", "F1") if any(f"{report}_f1" in r for r in rows) else ("accuracy", "acc")   # entity F1 for tagged words
     cols = [("method", "method", "str"), ("trainable", "trainable", "int"), ("% trainable", "pct_trainable", "str"),
-            (f"{report} acc %", f"{report}_accuracy", "pct")]
-    if any("challenge_accuracy" in r for r in rows): cols.append(("challenge acc %", "challenge_accuracy", "pct"))
+            (f"{report} {label} %", f"{report}_{metric}", "pct")]
+    if any(f"challenge_{metric}" in r for r in rows): cols.append((f"challenge {label} %", f"challenge_{metric}", "pct"))
     cols += [("train s", "train_seconds", "str"), ("s/step", "seconds_per_step", "str"), ("peak MiB", "peak_mb", "str"),
              ("checkpoint", "checkpoint_bytes", "bytes")]
     return cols
@@ -275,9 +280,10 @@ def plot_results(rows:list, # rows from `compare`
         marker = "s" if r["method"] == "tfidf-logreg" else "o"
         ax.errorbar(r["trainable"], 100 * r[acc_key], yerr=100 * r.get(f"{acc_key}_std", 0.0), fmt=marker, ms=7, capsize=3)
         ax.annotate(r["method"], (r["trainable"], 100 * r[acc_key]), textcoords="offset points", xytext=(6, 4), fontsize=9)
-        if r.get("challenge_accuracy") is not None:
-            ax.scatter(r["trainable"], 100 * r["challenge_accuracy"], marker=marker, s=25, facecolors="none", edgecolors="gray")
-    ax.set_xscale("log"); ax.set_xlabel("trainable parameters (log scale)"); ax.set_ylabel("accuracy %")
+        challenge = acc_key.replace(acc_key.split("_")[0], "challenge", 1)
+        if r.get(challenge) is not None:
+            ax.scatter(r["trainable"], 100 * r[challenge], marker=marker, s=25, facecolors="none", edgecolors="gray")
+    ax.set_xscale("log"); ax.set_xlabel("trainable parameters (log scale)"); ax.set_ylabel("entity F1 %" if acc_key.endswith("_f1") else "accuracy %")
     ax.set_title(title or f"{rows[-1].get('model', '')}: accuracy vs trainable parameters (hollow: challenge split)")
     ax.grid(alpha=0.3); fig.tight_layout()
     if path is not None: fig.savefig(path, dpi=120)

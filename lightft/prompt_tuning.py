@@ -63,6 +63,8 @@ def _prepend_soft_prompt(model:nn.Module, args:tuple, kwargs:dict):
     labels = kw.get("labels")
     if labels is not None and labels.dim() == 2 and labels.shape[1] == embeds.shape[1]:       # per-token labels (language modelling)
         kw["labels"] = torch.cat([labels.new_full((b, n), -100), labels], 1)
+    for key in ("start_positions", "end_positions"):         # extractive QA: the answer's token positions move right by n
+        if kw.get(key) is not None: kw[key] = kw[key] + n
     return (), kw
 
 # %% ../nbs/08a_prompt_tuning.ipynb #d685ae8d

@@ -22,19 +22,23 @@ from .core import set_seed, param_report, measure, get_device, eval_mode
 from .data import tokenize, PadCollator
 
 # %% auto #0
-__all__ = ['MODEL_INPUTS', 'PRECISIONS', 'as_tokenized', 'make_loader', 'logits_of', 'decay_parameter_names', 'param_groups',
-           'linear_warmup_decay', 'warmup_steps_for', 'make_scheduler', 'classification_metrics', 'evaluate', 'predict',
-           'History', 'autocast', 'fit', 'sample_splits']
+__all__ = ['MODEL_INPUTS', 'PRECISIONS', 'as_tokenized', 'make_loader', 'logits_of', 'task_loss', 'decay_parameter_names',
+           'param_groups', 'linear_warmup_decay', 'warmup_steps_for', 'make_scheduler', 'classification_metrics',
+           'evaluate', 'predict', 'History', 'autocast', 'fit', 'sample_splits']
 
 # %% ../nbs/04_finetuning.ipynb #ecb1e77e
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "labels")
 
-def as_tokenized(split, # a `datasets.Dataset` with `text` and `label`, or one already tokenized
+def as_tokenized(split, # a `datasets.Dataset` with `text` and `label`, or `tokens` and `ner_tags` (chapter 9), or one already tokenized
                  tokenizer, # the model's tokenizer
                  max_length:int=128, # longer texts are truncated to this many tokens
                 ):
-    "`split` tokenized with `lightft.data.tokenize`, unless it already has `input_ids`."
-    return split if "input_ids" in split.column_names else tokenize(split, tokenizer, max_length=max_length)
+    "`split` tokenized for its kind — `lightft.data.tokenize` for texts, `lightft.tasks.tokenize_ner` for tagged words — unless it already has `input_ids`."
+    if "input_ids" in split.column_names: return split
+    if "tokens" in split.column_names and "ner_tags" in split.column_names:
+        from lightft.tasks import tokenize_ner                # chapter 9: one label per word, on its first sub-token
+        return tokenize_ner(split, tokenizer, max_length=max_length)
+    return tokenize(split, tokenizer, max_length=max_length)
 
 def make_loader(split, # a tokenized `datasets.Dataset`
                 tokenizer, # its tokenizer (for the padding token)
@@ -55,6 +59,16 @@ def logits_of(model:nn.Module, # a classifier
     out = model(**{k: v for k, v in batch.items() if k != "labels"})
     if isinstance(out, Tensor): return out
     return out.logits if hasattr(out, "logits") else out[0]
+
+def task_loss(logits:Tensor, # (batch, classes), or (batch, length, classes) for one label per token
+              labels:Tensor, # (batch,), or (batch, length) with -100 where a token has no label
+              reduction:str="mean", # "mean" over the labelled examples or tokens, or "sum"
+             )->Tensor:
+    "Cross-entropy for one label per example, or per token (chapter 9: tokens labelled -100 are ignored)."
+    if logits.dim() == 3:
+        logits = logits[:, logits.shape[1] - labels.shape[1]:]   # a soft prompt's virtual tokens come first and have no labels
+        return F.cross_entropy(logits.flatten(0, 1), labels.flatten(), reduction=reduction)
+    return F.cross_entropy(logits, labels, reduction=reduction)
 
 # %% ../nbs/04_finetuning.ipynb #d3eac36c
 def decay_parameter_names(model:nn.Module, # any PyTorch model
@@ -116,9 +130,31 @@ def _all_logits(model, loader, progress=False):
     with eval_mode(model):
         for batch in tqdm(loader, desc="evaluate", disable=not progress, leave=False):
             batch = {k: v.to(device) for k, v in batch.items()}
-            logits.append(logits_of(model, batch).float().cpu())
+            out = logits_of(model, batch).float().cpu()
+            if out.dim() == 3: out = out[:, out.shape[1] - batch["input_ids"].shape[1]:]   # per token: no soft-prompt positions
+            logits.append(out)
             if "labels" in batch: labels.append(batch["labels"].cpu())
+    if logits[0].dim() == 3:                               # per-token outputs: batches have different lengths
+        return _pad_lengths(logits, 0.0), (_pad_lengths(labels, -100) if labels else None)
     return torch.cat(logits), (torch.cat(labels) if labels else None)
+
+def _pad_lengths(tensors:list, value)->Tensor:
+    "Concatenate (batch, length, ...) tensors along the batch, padding every length to the longest with `value`."
+    longest = max(t.shape[1] for t in tensors)
+    return torch.cat([F.pad(t, (0, 0) * (t.dim() - 2) + (0, longest - t.shape[1]), value=value) for t in tensors])
+
+def _token_metrics(model:nn.Module, logits:Tensor, labels:Tensor)->dict:
+    "Entity-level precision, recall and F1 (seqeval, chapter 9), token accuracy and loss of a token classifier."
+    from lightft.tasks import aligned_tags, ner_metrics
+    config = getattr(model, "config", None)
+    names = tuple(config.id2label[i] for i in range(config.num_labels)) if config is not None else ()
+    if not names or not all(n == "O" or n[:2] in ("B-", "I-") for n in names):
+        raise ValueError(f"the token classifier's labels {names} are not IOB2 tags: load it with label_names=lightft.tasks.NER_LABELS")
+    preds = logits.argmax(-1)
+    refs, hyps = aligned_tags(preds.numpy(), labels.numpy(), names)
+    keep = labels != -100
+    return dict(**ner_metrics(refs, hyps, names), accuracy=float((preds[keep] == labels[keep]).float().mean()),
+                loss=task_loss(logits, labels).item(), n=len(labels))
 
 def evaluate(model:nn.Module, # a classifier
              tokenizer, # its tokenizer
@@ -128,9 +164,10 @@ def evaluate(model:nn.Module, # a classifier
              max_length:int=128, # longer texts are truncated to this many tokens
              progress:bool=False, # show a progress bar
             )->dict:
-    "Accuracy, macro-F1, mean cross-entropy loss and number of examples `n` of `model` on `split`."
+    "Accuracy, macro-F1, mean cross-entropy loss and number of examples `n` of `model` on `split`; for a token classifier (chapter 9) entity precision, recall and F1 and token accuracy."
     loader = make_loader(as_tokenized(split, tokenizer, max_length), tokenizer, batch_size)
     logits, labels = _all_logits(model, loader, progress)
+    if logits.dim() == 3: return _token_metrics(model, logits, labels)
     return dict(**classification_metrics(logits.argmax(-1).numpy(), labels.numpy()),
                 loss=F.cross_entropy(logits, labels).item(), n=len(labels))
 
@@ -283,9 +320,12 @@ def fit(model:nn.Module, # a classifier; only its trainable parameters (`require
         raise ValueError(f"fit: grad_accum must be a whole number >= 1 that divides batch_size={batch_size}, got {grad_accum!r}")
     if precision not in PRECISIONS: raise ValueError(f"fit: precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if train_split not in data: raise KeyError(f"train_split={train_split!r} is not in the data (splits: {', '.join(data)})")
+    per_token = "ner_tags" in data[train_split].column_names     # tagged words (chapter 9): entity metrics
+    metrics_allowed = ("f1", "precision", "recall", "accuracy", "loss") if per_token else ("accuracy", "macro_f1", "loss")
+    if best_metric not in metrics_allowed:
+        raise ValueError(f"best_metric={best_metric!r}: for this task use one of {', '.join(map(repr, metrics_allowed))}")
     _check_labels(model, data[train_split], train_split)
-    if best_metric not in ("accuracy", "macro_f1", "loss"):
-        raise ValueError(f"best_metric={best_metric!r}: use 'accuracy', 'macro_f1' or 'loss'")
+
     if eval_split is not None and eval_split not in data:
         raise KeyError(f"eval_split={eval_split!r} is not in the data (splits: {', '.join(data)}); pass eval_split=None to skip evaluation")
     set_seed(seed)
@@ -319,12 +359,12 @@ def fit(model:nn.Module, # a classifier; only its trainable parameters (`require
                 for _ in range(steps_per_epoch):
                     start = time.perf_counter()
                     group = [{k: v.to(device) for k, v in b.items()} for b in itertools.islice(micro_batches, grad_accum)]
-                    examples = sum(len(b["labels"]) for b in group)
+                    labelled = sum(int((b["labels"] != -100).sum()) for b in group) if len(group) > 1 else None   # examples (or tokens)
                     loss = 0.0
                     for batch in group:                         # one micro-batch, unless grad_accum > 1
                         with autocast(device, precision): logits = logits_of(model, batch)
-                        part = (F.cross_entropy(logits.float(), batch["labels"]) if len(group) == 1 else
-                                F.cross_entropy(logits.float(), batch["labels"], reduction="sum") / examples)   # the mean over the whole batch
+                        part = (task_loss(logits.float(), batch["labels"]) if labelled is None else
+                                task_loss(logits.float(), batch["labels"], reduction="sum") / labelled)   # the mean over the whole batch
                         (scaler.scale(part) if scaler else part).backward()
                         loss = loss + part.detach()
                     if scaler: scaler.unscale_(optimizer)       # clip the true gradients, not the scaled ones

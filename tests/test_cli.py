@@ -50,3 +50,10 @@ def test_compare_with_settings_options_and_seeds(tmp_path):
     assert [(row["method"], row["seed"]) for row in saved] == [("head", 0), ("head", 1), ("lora", 0), ("lora", 1)]   # every run is kept
     assert all(row["lr"] == 1e-3 for row in saved) and json.loads(saved[2]["options"]) == {"r": 2}
     assert r.stdout.count("±") >= 2                                        # the table: mean ± std over the two seeds
+
+
+def test_compare_on_named_entities(tmp_path):
+    r = run("compare", "--model", "tiny-bert", "--task", "ner", "--methods", "head", "--epochs", "1", "--train-subset", "32",
+            "--max-length", "32", "--out", str(tmp_path))
+    assert r.returncode == 0, r.stderr
+    assert "test F1 %" in r.stdout and "challenge F1 %" in r.stdout and "tfidf" not in r.stdout

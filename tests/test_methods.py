@@ -187,3 +187,59 @@ def test_bad_options_are_refused_before_the_model_changes(name, options, error, 
     with pytest.raises(error, match=match):
         apply_method(model, name, **options)
     _same_as_base(model, base_model())
+
+
+# ---- the same table for the other task kinds of chapter 9: token classification and extractive QA --------------------
+from transformers import BertForTokenClassification, BertForQuestionAnswering
+
+KINDS = {"token-classification": (BertForTokenClassification, dict(num_labels=5), ["dropout", "classifier"]),
+         "question-answering": (BertForQuestionAnswering, dict(num_labels=2), ["qa_outputs"])}
+
+
+def kind_model(kind, seed=0):
+    cls, extra, _ = KINDS[kind]
+    set_seed(seed)
+    fields = {k: v for k, v in CONFIG.to_dict().items() if k not in ("id2label", "label2id", "num_labels")}
+    return cls(BertConfig(**fields, **extra))
+
+
+def kind_batch(kind, seed=1):
+    b = batch(seed)
+    if kind == "token-classification":
+        g = torch.Generator().manual_seed(seed)
+        labels = torch.randint(0, 5, b["input_ids"].shape, generator=g); labels[0, 7:] = -100; labels[:, 0] = -100
+        return dict(input_ids=b["input_ids"], attention_mask=b["attention_mask"], labels=labels)
+    return dict(input_ids=b["input_ids"], attention_mask=b["attention_mask"],
+                start_positions=torch.tensor([2, 3, 1, 4]), end_positions=torch.tensor([3, 5, 1, 6]))
+
+
+def kind_step(model, kind, steps=2):
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    model.train()
+    for _ in range(steps):
+        model(**kind_batch(kind)).loss.backward(); opt.step(); opt.zero_grad()
+    return model.eval()
+
+
+def kind_outputs(model, kind):
+    x = {k: v for k, v in kind_batch(kind, 2).items() if k in ("input_ids", "attention_mask")}
+    with torch.no_grad(): out = model(**x)
+    return out.logits if kind == "token-classification" else torch.stack([out.start_logits, out.end_logits])
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+@pytest.mark.parametrize("name", NAMES)
+def test_every_method_on_every_task_kind(name, kind, tmp_path):
+    "Applies, trains a step (only its parameters change), saves and reloads exactly, refuses a foreign base, leaves again bit for bit."
+    model = apply_method(kind_model(kind), name)
+    assert list(model_parts(model)["head"]) == KINDS[kind][2]
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    kind_step(model, kind)
+    for n, p in model.named_parameters():
+        assert torch.equal(p, before[n]) != (n in trainable), f"{name} on {kind}: {n}"
+    save_trainable(model, tmp_path / "c.safetensors")
+    restored = load_trainable(kind_model(kind), tmp_path / "c.safetensors").eval()
+    assert torch.equal(kind_outputs(model, kind), kind_outputs(restored, kind))
+    with pytest.raises(ValueError, match="different base model"): load_trainable(kind_model(kind, seed=7), tmp_path / "c.safetensors")
+    _same_as_base(remove_method(apply_method(kind_model(kind), name)), kind_model(kind))

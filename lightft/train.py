@@ -6,7 +6,7 @@ Docs: https://lightft.github.io/lightft/finetuning.html.md"""
 
 # %% ../nbs/04_finetuning.ipynb #8daef9c0
 from __future__ import annotations
-import contextlib, itertools, math, time
+import contextlib, itertools, math, os, time
 from dataclasses import dataclass, field, asdict
 
 import numpy as np
@@ -24,7 +24,7 @@ from .data import tokenize, PadCollator
 # %% auto #0
 __all__ = ['MODEL_INPUTS', 'PRECISIONS', 'as_tokenized', 'make_loader', 'logits_of', 'task_loss', 'decay_parameter_names',
            'param_groups', 'linear_warmup_decay', 'warmup_steps_for', 'make_scheduler', 'classification_metrics',
-           'evaluate', 'predict', 'History', 'autocast', 'fit', 'sample_splits']
+           'evaluate', 'predict', 'History', 'distributed', 'autocast', 'fit', 'sample_splits']
 
 # %% ../nbs/04_finetuning.ipynb #ecb1e77e
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "labels")
@@ -278,6 +278,10 @@ def _check_labels(model:nn.Module, split, name:str):
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 
+def distributed()->bool:
+    "True in a process started by `accelerate launch` or `torchrun` with more than one process (`WORLD_SIZE` > 1)."
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
 def autocast(device:torch.device, # where the model runs
              precision:str="fp32", # "fp32" (no autocast), "bf16" or "fp16"
             ):
@@ -330,6 +334,12 @@ def fit(model:nn.Module, # a classifier; only its trainable parameters (`require
         raise KeyError(f"eval_split={eval_split!r} is not in the data (splits: {', '.join(data)}); pass eval_split=None to skip evaluation")
     set_seed(seed)
     device = torch.device(device) if device is not None else get_device()
+    accelerator = None
+    if distributed():                          # launched by `accelerate launch` or `torchrun`: one process per device
+        from accelerate import Accelerator, DataLoaderConfiguration
+        accelerator = Accelerator(cpu=device.type == "cpu", dataloader_config=DataLoaderConfiguration(split_batches=True))   # each process: a slice of every batch
+        device = accelerator.device
+        progress = progress and accelerator.is_main_process
     if precision == "fp16" and device.type != "cuda": raise ValueError(f"fit: precision='fp16' needs a CUDA device (this run is on {device.type}); use 'bf16'")
     model.to(device)
     train = as_tokenized(data[train_split], tokenizer, max_length)
@@ -345,11 +355,14 @@ def fit(model:nn.Module, # a classifier; only its trainable parameters (`require
     hist = History(best_metric=best_metric, trainable=report.trainable, total=report.total,
                    config=dict(epochs=epochs, lr=lr, batch_size=batch_size, warmup_ratio=warmup_ratio, weight_decay=weight_decay,
                                max_length=max_length, seed=seed, eval_split=eval_split, max_grad_norm=max_grad_norm,
-                               grad_accum=grad_accum, precision=precision,
+                               grad_accum=grad_accum, precision=precision, processes=accelerator.num_processes if accelerator else 1,
                                train_examples=len(train), total_steps=total_steps,
                                warmup_steps=warmup_steps_for(total_steps, warmup_ratio), device=str(device)))
     best_score, best_state, step, cpu_start = None, None, 0, time.process_time()
     scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
+    raw_model = model                          # evaluation runs on the model itself, not on its DDP wrapper
+    if accelerator is not None:                # DDP wraps the model (gradients are averaged over the processes), the loader is sharded
+        model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
     with measure(device) as m:
         for epoch in range(1, epochs + 1):
             model.train()
@@ -365,7 +378,8 @@ def fit(model:nn.Module, # a classifier; only its trainable parameters (`require
                         with autocast(device, precision): logits = logits_of(model, batch)
                         part = (task_loss(logits.float(), batch["labels"]) if labelled is None else
                                 task_loss(logits.float(), batch["labels"], reduction="sum") / labelled)   # the mean over the whole batch
-                        (scaler.scale(part) if scaler else part).backward()
+                        if accelerator is not None: accelerator.backward(part)
+                        else: (scaler.scale(part) if scaler else part).backward()
                         loss = loss + part.detach()
                     if scaler: scaler.unscale_(optimizer)       # clip the true gradients, not the scaled ones
                     grad_norm = nn.utils.clip_grad_norm_(trainable.values(), max_grad_norm or math.inf)
@@ -374,6 +388,7 @@ def fit(model:nn.Module, # a classifier; only its trainable parameters (`require
                     else: optimizer.step()
                     scheduler.step(); optimizer.zero_grad(set_to_none=True)
                     step += 1
+                    if accelerator is not None: loss = accelerator.reduce(loss, "mean")   # the loss over the whole batch, all processes
                     loss_value, norm_value = torch.stack([loss.float(), grad_norm.float()]).tolist()   # one device-to-host sync per step
                     hist.steps.append(dict(step=step, epoch=epoch, loss=loss_value, lr=lr_now, grad_norm=norm_value))
                     hist.train_seconds += time.perf_counter() - start
@@ -381,7 +396,7 @@ def fit(model:nn.Module, # a classifier; only its trainable parameters (`require
                     bar.update(); bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr_now:.2e}")
                 record = dict(epoch=epoch, step=step, train_loss=float(np.mean(epoch_losses)))
                 if held_out is not None:
-                    metrics = evaluate(model, tokenizer, held_out, batch_size=eval_batch_size, max_length=max_length, progress=progress)
+                    metrics = evaluate(raw_model, tokenizer, held_out, batch_size=eval_batch_size, max_length=max_length, progress=progress)
                     record.update({f"eval_{k}": v for k, v in metrics.items()})
                     if _is_better(metrics[best_metric], best_score, best_metric):
                         best_score, hist.best_epoch = metrics[best_metric], epoch
@@ -394,6 +409,7 @@ def fit(model:nn.Module, # a classifier; only its trainable parameters (`require
                 for n, p in trainable.items(): p.copy_(best_state[n])
             hist.restored = True
     hist.seconds, hist.cpu_seconds, hist.peak_mb, hist.start_mb = m.seconds, time.process_time() - cpu_start, m.peak_mb, m.start_bytes / 2**20
+    if accelerator is not None: model = accelerator.unwrap_model(model)   # the caller's own model, trained
     model.eval()
     return hist
 

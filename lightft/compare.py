@@ -14,7 +14,7 @@ from .core import param_report, measure, set_seed, env_report, format_bytes
 from .data import load_task, get_task_spec
 from .models import load_plm, check_plm
 from .methods import apply_method, get_method, save_trainable
-from .train import fit, evaluate, PRECISIONS
+from .train import fit, evaluate, check_fit_settings
 
 # %% auto #0
 __all__ = ['QUICK', 'SETTINGS', 'labelled_splits', 'run_method', 'tfidf_baseline', 'check_settings', 'compare', 'summarize_seeds',
@@ -135,23 +135,13 @@ def check_settings(settings:dict, # run settings by name, e.g. {"epochs": 3, "lr
     "Refuse a misspelt or out-of-range run setting with one clear line; returns `settings`."
     unknown = sorted(set(settings) - set(SETTINGS))
     if unknown: raise TypeError(f"unknown setting {', '.join(map(repr, unknown))}; the run settings are {', '.join(SETTINGS)}")
-    def whole(name, low):
-        v = settings.get(name)
-        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < low):
-            raise ValueError(f"{name} must be a whole number >= {low}, got {v!r}")
-    whole("epochs", 1); whole("batch_size", 1); whole("max_length", 2); whole("train_subset", 1); whole("grad_accum", 1)
-    if settings.get("grad_accum") and settings.get("batch_size", 32) % settings["grad_accum"]:
-        raise ValueError(f"grad_accum={settings['grad_accum']} must divide batch_size={settings.get('batch_size', 32)}")
-    if settings.get("precision") not in (None, *PRECISIONS): raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {settings['precision']!r}")
+    check_fit_settings(**{k: v for k, v in settings.items() if k != "device"})   # fit's own checks, run now rather than in each child
     if settings.get("device") is not None:
         import torch
         try: device = torch.device(settings["device"])
         except (RuntimeError, TypeError): raise ValueError(f"device {settings['device']!r} is not a device name such as 'cpu' or 'cuda'") from None
         if device.type == "cuda" and not torch.cuda.is_available(): raise ValueError("device 'cuda' asked for, but this machine has no CUDA GPU")
         if settings.get("precision") == "fp16" and device.type != "cuda": raise ValueError("precision fp16 needs a CUDA device; use bf16")
-    lr = settings.get("lr")
-    if lr is not None and (isinstance(lr, bool) or not isinstance(lr, (int, float)) or not (0 < lr < 10)):
-        raise ValueError(f"lr must be a number > 0 (e.g. 5e-5), got {lr!r}")
     return settings
 
 def _layer_count(model:str)->int|None:
@@ -196,7 +186,8 @@ def compare(model:str="minilm-l6", # a name for `load_plm`
     check_plm(model)
     layers = _layer_count(model)
     for name in methods:
-        k = {**get_method(name)[1], **options.get(name, {})}.get("k") if get_method(name)[0].name == "top-k" else None
+        spec, defaults = get_method(name)
+        k = {**defaults, **options.get(name, {})}.get("k") if spec.name == "top-k" else None
         if k is not None and layers is not None and k > layers:
             raise ValueError(f"{name}: top-k with k={k}, but {model} has {layers} encoder layers: choose 0 <= k <= {layers}")
     data = load_task(task, data_dir=data_dir)
@@ -232,6 +223,10 @@ def summarize_seeds(rows:list, # rows from `compare`, several seeds per method
         summary.append(row)
     return summary
 
+def _one_row_per_method(rows:list)->list:
+    "Rows of several seeds summarised (`summarize_seeds`); rows of one seed, or already summarised, as they are."
+    return summarize_seeds(rows) if len({r.get("seed") for r in rows}) > 1 and not any("seeds" in r for r in rows) else rows
+
 def _fmt(value, kind, std=None):
     if value is None or (isinstance(value, float) and math.isnan(value)): return "—"
     if kind == "pct": return f"{100 * value:.1f}" + (f" ± {100 * std:.1f}" if std is not None else "")
@@ -253,7 +248,7 @@ def format_table(rows:list, # rows from `compare` or `run_method`
                  markdown:bool=False, # a Markdown table instead of aligned text
                 )->str:
     "The results as an aligned text table (or Markdown); several seeds per method become one row of mean ± standard deviation."
-    if len({r.get("seed") for r in rows}) > 1 and not any("seeds" in r for r in rows): rows = summarize_seeds(rows)
+    rows = _one_row_per_method(rows)
     cols = _columns(rows)
     std = lambda r, key: r.get(f"{key}_std") if len(r.get("seeds", [])) > 1 else None
     cells = [[_fmt(r.get(key), kind, std(r, key)) for _, key, kind in cols] for r in rows]
@@ -271,7 +266,7 @@ def plot_results(rows:list, # rows from `compare`
                 ):
     "Accuracy against trainable parameters (log scale), one point per method (with several seeds: the mean, and ± one standard deviation as error bars)."
     import matplotlib.pyplot as plt
-    if len({r.get("seed") for r in rows}) > 1 and not any("seeds" in r for r in rows): rows = summarize_seeds(rows)
+    rows = _one_row_per_method(rows)
     cols = _columns(rows)
     acc_key = cols[3][1]
     fig, ax = plt.subplots(figsize=(7, 4.2))

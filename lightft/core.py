@@ -17,8 +17,8 @@ from torch import nn
 
 # %% auto #0
 __all__ = ['OFFLINE_MODEL_PACKAGES', 'SLOW_ENV', 'package_dir', 'cache_dir', 'get_device', 'env_report', 'format_env_report',
-           'set_seed', 'format_bytes', 'ParamReport', 'param_report', 'Measurement', 'measure', 'eval_mode',
-           'slow_enabled', 'run_slow']
+           'hub_offline', 'set_seed', 'format_bytes', 'ParamReport', 'param_report', 'Measurement', 'measure',
+           'eval_mode', 'slow_enabled', 'run_slow']
 
 # %% ../nbs/00_core.ipynb #9674fa74
 OFFLINE_MODEL_PACKAGES = {
@@ -78,6 +78,17 @@ def format_env_report(report:dict|None=None, # from `env_report`; computed if om
     flat.update({f"model {k}": ("installed" if v else "missing") for k, v in report["offline_models"].items()})
     width = max(map(len, flat))
     return "\n".join(f"{k:<{width}}  {v}" for k, v in flat.items())
+
+# %% ../nbs/00_core.ipynb #1fb4507b
+@contextmanager
+def hub_offline():
+    "Set `HF_HUB_OFFLINE=1` for the block, as the course runs; restore the previous value (or its absence) afterwards."
+    saved = os.environ.get("HF_HUB_OFFLINE")
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    try: yield
+    finally:
+        if saved is None: del os.environ["HF_HUB_OFFLINE"]
+        else: os.environ["HF_HUB_OFFLINE"] = saved
 
 # %% ../nbs/00_core.ipynb #59c49fde
 def set_seed(seed:int=0, # the seed for `random`, NumPy and PyTorch (CPU and all GPUs)

@@ -24,7 +24,7 @@ from .data import tokenize, PadCollator
 # %% auto #0
 __all__ = ['MODEL_INPUTS', 'PRECISIONS', 'as_tokenized', 'make_loader', 'logits_of', 'task_loss', 'decay_parameter_names',
            'param_groups', 'linear_warmup_decay', 'warmup_steps_for', 'make_scheduler', 'classification_metrics',
-           'evaluate', 'predict', 'History', 'distributed', 'autocast', 'fit', 'sample_splits']
+           'evaluate', 'predict', 'History', 'check_fit_settings', 'distributed', 'autocast', 'fit', 'sample_splits']
 
 # %% ../nbs/04_finetuning.ipynb #ecb1e77e
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "labels")
@@ -278,6 +278,20 @@ def _check_labels(model:nn.Module, split, name:str):
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 
+def check_fit_settings(epochs:int=3, lr:float=5e-5, batch_size:int=32, max_length:int=128, train_subset:int|None=None,
+                       grad_accum:int=1, precision:str="fp32", eval_batch_size:int=64)->None:
+    "Refuse an out-of-range run setting of `fit` with one line naming it (`fit` and `lightft.compare` call it before any work)."
+    def whole(name, value, low):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low: raise ValueError(f"{name} must be a whole number >= {low}, got {value!r}")
+    for name, value, low in (("epochs", epochs, 1), ("batch_size", batch_size, 1), ("max_length", max_length, 2), ("eval_batch_size", eval_batch_size, 1)):
+        whole(name, value, low)
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0: raise ValueError(f"lr must be a number > 0 (e.g. 5e-5), got {lr!r}")
+    if train_subset is not None: whole("train_subset", train_subset, 1)
+    if isinstance(grad_accum, bool) or not isinstance(grad_accum, int) or grad_accum < 1 or batch_size % grad_accum:
+        raise ValueError(f"grad_accum must be a whole number >= 1 that divides batch_size={batch_size} "
+                         f"(the micro-batches must divide batch_size={batch_size} evenly), got {grad_accum!r}")
+    if precision not in PRECISIONS: raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+
 def distributed()->bool:
     "True in a process started by `accelerate launch` or `torchrun` with more than one process (`WORLD_SIZE` > 1)."
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
@@ -315,14 +329,8 @@ def fit(model:nn.Module, # a classifier; only its trainable parameters (`require
         precision:str="fp32", # "fp32"; "bf16" (autocast, CPU or CUDA); "fp16" (autocast with a gradient scaler, CUDA only)
        )->History:
     "Train the trainable parameters of `model` with AdamW, linear warmup and decay, and gradient clipping; evaluate every epoch and keep the best one."
-    for name, value, low in (("epochs", epochs, 1), ("batch_size", batch_size, 1), ("max_length", max_length, 2), ("eval_batch_size", eval_batch_size, 1)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < low: raise ValueError(f"fit: {name} must be a whole number >= {low}, got {value!r}")
-    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0: raise ValueError(f"fit: lr must be a number > 0, got {lr!r}")
-    if train_subset is not None and (isinstance(train_subset, bool) or not isinstance(train_subset, int) or train_subset < 1):
-        raise ValueError(f"fit: train_subset must be a whole number >= 1 or None, got {train_subset!r}")
-    if isinstance(grad_accum, bool) or not isinstance(grad_accum, int) or grad_accum < 1 or batch_size % grad_accum:
-        raise ValueError(f"fit: grad_accum must be a whole number >= 1 that divides batch_size={batch_size}, got {grad_accum!r}")
-    if precision not in PRECISIONS: raise ValueError(f"fit: precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    check_fit_settings(epochs=epochs, lr=lr, batch_size=batch_size, max_length=max_length, train_subset=train_subset,
+                       grad_accum=grad_accum, precision=precision, eval_batch_size=eval_batch_size)
     if train_split not in data: raise KeyError(f"train_split={train_split!r} is not in the data (splits: {', '.join(data)})")
     per_token = "ner_tags" in data[train_split].column_names     # tagged words (chapter 9): entity metrics
     metrics_allowed = ("f1", "precision", "recall", "accuracy", "loss") if per_token else ("accuracy", "macro_f1", "loss")

@@ -11,24 +11,35 @@ from pathlib import Path
 import numpy as np
 
 from .core import param_report, measure, set_seed, env_report, format_bytes
-from .data import load_task, get_task_spec
+from .data import load_task, get_task_spec, task_kind, PLM_TASK_FOR_KIND, KIND_COLUMNS
 from .models import load_plm, check_plm
 from .methods import apply_method, get_method, save_trainable
 from .train import fit, evaluate, check_fit_settings
 
 # %% auto #0
-__all__ = ['QUICK', 'SETTINGS', 'labelled_splits', 'run_method', 'tfidf_baseline', 'check_settings', 'compare', 'summarize_seeds',
-           'format_table', 'plot_results', 'write_results']
+__all__ = ['REPORTED', 'QUICK', 'SETTINGS', 'HEADLINE', 'labelled_splits', 'run_method', 'tfidf_baseline', 'prompting_baseline',
+           'check_settings', 'compare', 'summarize_seeds', 'format_table', 'plot_results', 'write_results']
 
 # %% ../nbs/05b_compare.ipynb #d5dd4d5d
 def labelled_splits(data)->tuple:
     "The split to report (`test` when its labels are known, else `validation`) and the split to select epochs on (or `None`)."
     def labelled(split):
         if split not in data or len(data[split]) == 0: return False
-        return "ner_tags" in data[split].column_names or min(data[split]["label"]) >= 0   # tagged words are always labelled
+        return task_kind(data[split]) != "classification" or min(data[split]["label"]) >= 0   # only classification hides test labels (-1)
     if labelled("test"): return "test", ("validation" if labelled("validation") else None)
     if labelled("validation"): return "validation", None
     raise ValueError("the task has no labelled test or validation split to report on")
+
+REPORTED = {"classification": ("accuracy", "macro_f1"), "token-classification": ("f1", "precision", "recall", "accuracy"),
+            "question-answering": ("exact_match", "f1"), "translation": ("chrf", "bleu", "loss")}   # the metrics a row records
+
+def _head_labels(split, kind:str)->dict:
+    "`num_labels` and `label_names` for the new head of a classifier or tagger; nothing for QA (start/end) or a language model."
+    if kind not in ("classification", "token-classification"): return {}
+    column = KIND_COLUMNS[kind][1]                             # label, or ner_tags: a ClassLabel (sequence) with the names
+    feature = split.features[column]
+    names = (feature.feature if kind == "token-classification" else feature).names
+    return dict(num_labels=len(names), label_names=names)
 
 def run_method(model_name:str, # a name for `load_plm`: "minilm-l6", "tiny-bert", a folder or a hub id
                method:str, # a registered method, e.g. "bitfit" or "top2"
@@ -46,22 +57,20 @@ def run_method(model_name:str, # a name for `load_plm`: "minilm-l6", "tiny-bert"
                precision:str="fp32", # "fp32", "bf16" or "fp16" (see `fit`)
                device:str|None=None, # "cpu", "cuda", ...; default: `get_device()`
               )->dict:
-    "Train `method` on `model_name` with `data` and measure it: one row of the results table (accuracy, or entity F1 for tagged words)."
+    "Train `method` on `model_name` with `data` and measure it: one row of the results table, with the metrics of the task's kind (`REPORTED`)."
     spec, defaults = get_method(method)
     options = dict(options or {})
     spec.check_options({**defaults, **options})        # bad options fail here, before a model is loaded
     lr = lr if lr is not None else spec.lr
     report_split, select_split = labelled_splits(data)
-    per_token = "ner_tags" in data["train"].column_names         # tagged words (chapter 9): a token classifier, entity F1
-    labels = (data["train"].features["ner_tags"].feature if per_token else data["train"].features["label"]).names
-    model, tokenizer = load_plm(model_name, task="token-classification" if per_token else "classification",
-                                num_labels=len(labels), label_names=labels, seed=seed)
+    kind = task_kind(data["train"])                            # chapter 9: tags, answers or translations instead of one label
+    model, tokenizer = load_plm(model_name, task=PLM_TASK_FOR_KIND[kind], seed=seed, **_head_labels(data["train"], kind))
     set_seed(seed)
     apply_method(model, method, **options)
     counts = param_report(model)
     history = fit(model, tokenizer, data, epochs=epochs, lr=lr, batch_size=batch_size, max_length=max_length, seed=seed,
                   eval_split=select_split, progress=progress, train_subset=train_subset, grad_accum=grad_accum,
-                  precision=precision, device=device, best_metric="f1" if per_token else "accuracy")
+                  precision=precision, device=device)
     row = dict(model=model_name, method=method, trainable=counts.trainable, total=counts.total,
                pct_trainable=round(counts.pct_trainable, 4), lr=lr, epochs=epochs, best_epoch=history.best_epoch,
                steps=len(history.steps), seed=seed, precision=precision, device=history.config["device"])
@@ -69,7 +78,7 @@ def run_method(model_name:str, # a name for `load_plm`: "minilm-l6", "tiny-bert"
     results = {report_split: evaluate(model, tokenizer, data[report_split], max_length=max_length)}
     if "challenge" in data: results["challenge"] = evaluate(model, tokenizer, data["challenge"], max_length=max_length)
     for split, r in results.items():
-        for key in ("f1", "precision", "recall", "accuracy") if per_token else ("accuracy", "macro_f1"): row[f"{split}_{key}"] = round(r[key], 4)
+        for key in REPORTED[kind]: row[f"{split}_{key}"] = round(r[key], 4)
     with tempfile.TemporaryDirectory() as d: row["checkpoint_bytes"] = save_trainable(model, Path(d) / "trained.safetensors")
     row.update(train_seconds=round(history.train_seconds, 1), seconds_per_step=round(history.seconds_per_step, 3),
                peak_mb=round(history.peak_mb, 1))
@@ -101,6 +110,28 @@ def tfidf_baseline(data, # a `DatasetDict` from `load_task`
     return row
 
 # %% ../nbs/05b_compare.ipynb #aa179d1c
+def prompting_baseline(model_name:str, # a causal LM for `load_plm(..., task="causal-lm")`, e.g. "smollm2-135m"
+                       data, # a translation `DatasetDict` from `load_task`
+                       shots:int=0, # solved examples from the training split in every prompt: 0 is zero-shot
+                       *,
+                       seed:int=0, # seeds the choice of the examples
+                       batch_size:int=16, # sentences per `generate` call
+                       max_new_tokens:int=96, # longest translation, in tokens
+                      )->dict:
+    "The untrained model, prompted (chapter 9): chrF and BLEU of its translations of the report split, as a results row with nothing trained."
+    from lightft.tasks import translate, translation_direction, translation_metrics
+    report_split, _ = labelled_splits(data)
+    model, tokenizer = load_plm(model_name, task="causal-lm")
+    split, direction = data[report_split], translation_direction(data[report_split])
+    examples = data["train"].shuffle(seed=seed).select(range(min(shots, len(data["train"])))) if shots else None
+    pairs = list(zip(examples["source"], examples["target"])) if shots else None
+    with measure() as m:
+        hypotheses = translate(model, tokenizer, split["source"], direction, max_new_tokens=max_new_tokens, batch_size=batch_size, shots=pairs)
+    scores = translation_metrics(hypotheses, split["target"], target=direction.split("-")[1])
+    return dict(model=model_name, method=f"{shots}-shot prompt" if shots else "zero-shot prompt", trainable=0,
+                total=param_report(model).total, pct_trainable=0.0, seed=seed, **{f"{report_split}_{k}": round(v, 4) for k, v in scores.items()},
+                checkpoint_bytes=0, train_seconds=0.0, seconds_per_step=None, peak_mb=round(m.peak_mb, 1), translate_seconds=round(m.seconds, 1))
+
 def _run_in_fresh_process(*args, **kwargs)->dict:
     "`run_method` in a new Python process: peak memory then measures this method alone, not what earlier runs left behind."
     import pickle, subprocess, sys
@@ -162,7 +193,8 @@ def compare(model:str="minilm-l6", # a name for `load_plm`
             quick:bool=False, # the quick preset: 2 epochs, max_length 64
             seed:int=0, # the same seed for every method
             data_dir:str|None=None, # read the task from this folder (see `load_task`)
-            baseline:bool=True, # add the TF-IDF + logistic-regression row
+            direction:str|None=None, # translation tasks: "en-zh" (default) or "zh-en"
+            baseline:bool=True, # add the baseline rows: TF-IDF + logistic regression (classification); zero- and 4-shot prompting (translation)
             isolate:bool=True, # run each method in a fresh process, so its peak memory is its own
             progress:bool=True, # progress bars
             **settings, # run settings passed on to `run_method`: lr, batch_size, max_length, train_subset
@@ -180,9 +212,6 @@ def compare(model:str="minilm-l6", # a name for `load_plm`
     if epochs is not None: settings["epochs"] = epochs
     check_settings(settings)
     kind = get_task_spec(task).kind
-    if kind not in ("classification", "token-classification"):
-        raise ValueError(f"compare trains classification and token-classification tasks so far; {task!r} is a {kind} task "
-                         "(chapter 9 gives its data, tokenisation, metrics and inference helpers)")
     check_plm(model)
     layers = _layer_count(model)
     for name in methods:
@@ -190,10 +219,13 @@ def compare(model:str="minilm-l6", # a name for `load_plm`
         k = {**defaults, **options.get(name, {})}.get("k") if spec.name == "top-k" else None
         if k is not None and layers is not None and k > layers:
             raise ValueError(f"{name}: top-k with k={k}, but {model} has {layers} encoder layers: choose 0 <= k <= {layers}")
-    data = load_task(task, data_dir=data_dir)
+    if direction is not None and kind != "translation": raise ValueError(f"direction applies to translation tasks; {task!r} is a {kind} task")
+    data = load_task(task, data_dir=data_dir, **({"direction": direction} if direction else {}))
     seeds = [seed] if seeds is None else list(seeds)
     if not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds): raise ValueError(f"seeds must be whole numbers, got {seeds!r}")
-    rows = [tfidf_baseline(data, seed=s) for s in seeds] if baseline and kind == "classification" else []   # TF-IDF classifies texts only
+    rows = []
+    if baseline and kind == "classification": rows = [tfidf_baseline(data, seed=s) for s in seeds]   # TF-IDF classifies texts only
+    if baseline and kind == "translation": rows = [prompting_baseline(model, data, k, seed=seeds[0]) for k in (0, 4)]
     run = _run_in_fresh_process if isolate else run_method
     try:
         for name in methods:
@@ -218,7 +250,7 @@ def summarize_seeds(rows:list, # rows from `compare`, several seeds per method
             values = [r.get(key) for r in group]
             if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
                 row[key] = round(float(np.mean(values)), 4) if key not in ("trainable", "total", "checkpoint_bytes", "steps", "epochs") else group[0][key]
-                if key.endswith(("_accuracy", "_f1")): row[f"{key}_std"] = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+                if key.endswith(("_accuracy", "_f1", "_exact_match", "_chrf", "_bleu")): row[f"{key}_std"] = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
         row["seeds"] = [r.get("seed") for r in group]
         summary.append(row)
     return summary
@@ -230,16 +262,21 @@ def _one_row_per_method(rows:list)->list:
 def _fmt(value, kind, std=None):
     if value is None or (isinstance(value, float) and math.isnan(value)): return "—"
     if kind == "pct": return f"{100 * value:.1f}" + (f" ± {100 * std:.1f}" if std is not None else "")
+    if kind == "score": return f"{value:.1f}" + (f" ± {std:.1f}" if std is not None else "")
     if kind == "int": return f"{value:,}"
     if kind == "bytes": return format_bytes(value)
     return str(value)
 
+HEADLINE = {"accuracy": ("acc %", "pct"), "f1": ("F1 %", "pct"), "exact_match": ("EM %", "pct"), "chrf": ("chrF", "score"), "bleu": ("BLEU", "score")}
+
 def _columns(rows):
-    report = "test" if any("test_accuracy" in r for r in rows) else "validation"
-    metric, label = ("f1", "F1") if any(f"{report}_f1" in r for r in rows) else ("accuracy", "acc")   # entity F1 for tagged words
-    cols = [("method", "method", "str"), ("trainable", "trainable", "int"), ("% trainable", "pct_trainable", "str"),
-            (f"{report} {label} %", f"{report}_{metric}", "pct")]
-    if any(f"challenge_{metric}" in r for r in rows): cols.append((f"challenge {label} %", f"challenge_{metric}", "pct"))
+    report = "test" if any(k.startswith("test_") for r in rows for k in r) else "validation"
+    metrics = [m for m in ("chrf", "bleu", "exact_match", "f1", "accuracy") if any(f"{report}_{m}" in r for r in rows)]
+    metrics = metrics[:2] if metrics[0] in ("chrf", "exact_match") else metrics[:1]     # translation: chrF, BLEU; QA: EM, F1; else one
+    metrics = ["exact_match", "f1"] if "exact_match" in metrics else metrics
+    cols = [("method", "method", "str"), ("trainable", "trainable", "int"), ("% trainable", "pct_trainable", "str")]
+    cols += [(f"{report} {HEADLINE[m][0]}", f"{report}_{m}", HEADLINE[m][1]) for m in metrics]
+    cols += [(f"challenge {HEADLINE[m][0]}", f"challenge_{m}", HEADLINE[m][1]) for m in metrics if any(f"challenge_{m}" in r for r in rows)]
     cols += [("train s", "train_seconds", "str"), ("s/step", "seconds_per_step", "str"), ("peak MiB", "peak_mb", "str"),
              ("checkpoint", "checkpoint_bytes", "bytes")]
     return cols
@@ -264,22 +301,30 @@ def plot_results(rows:list, # rows from `compare`
                  path:str|Path|None=None, # save the figure here (PNG) if given
                  title:str|None=None, # the figure's title
                 ):
-    "Accuracy against trainable parameters (log scale), one point per method (with several seeds: the mean, and ± one standard deviation as error bars)."
+    "The task's headline metric (accuracy, entity or SQuAD F1, chrF) against trainable parameters (log scale), one point per method (with several seeds: the mean, and ± one standard deviation as error bars); prompted models as levels."
     import matplotlib.pyplot as plt
     rows = _one_row_per_method(rows)
     cols = _columns(rows)
-    acc_key = cols[3][1]
+    metric = [c for c in cols[3:] if not c[1].startswith("challenge_")]
+    label, key, kind = next((c for c in metric if c[1].endswith("_f1")), metric[0])    # QA: F1; translation: chrF
+    scale = 100 if kind == "pct" else 1
     fig, ax = plt.subplots(figsize=(7, 4.2))
     for r in rows:
-        if r.get(acc_key) is None: continue
+        if r.get(key) is None: continue
+        if not r["trainable"]:                                  # a prompted model: nothing trained, drawn as a level
+            ax.axhline(scale * r[key], ls="--", lw=1, color="gray"); ax.annotate(r["method"], (1, scale * r[key]), xycoords=("axes fraction", "data"),
+                                                                                  ha="right", va="bottom", fontsize=9, color="gray")
+            continue
         marker = "s" if r["method"] == "tfidf-logreg" else "o"
-        ax.errorbar(r["trainable"], 100 * r[acc_key], yerr=100 * r.get(f"{acc_key}_std", 0.0), fmt=marker, ms=7, capsize=3)
-        ax.annotate(r["method"], (r["trainable"], 100 * r[acc_key]), textcoords="offset points", xytext=(6, 4), fontsize=9)
-        challenge = acc_key.replace(acc_key.split("_")[0], "challenge", 1)
+        ax.errorbar(r["trainable"], scale * r[key], yerr=scale * r.get(f"{key}_std", 0.0), fmt=marker, ms=7, capsize=3)
+        ax.annotate(r["method"], (r["trainable"], scale * r[key]), textcoords="offset points", xytext=(6, 4), fontsize=9)
+        challenge = key.replace(key.split("_")[0], "challenge", 1)
         if r.get(challenge) is not None:
-            ax.scatter(r["trainable"], 100 * r[challenge], marker=marker, s=25, facecolors="none", edgecolors="gray")
-    ax.set_xscale("log"); ax.set_xlabel("trainable parameters (log scale)"); ax.set_ylabel("entity F1 %" if acc_key.endswith("_f1") else "accuracy %")
-    ax.set_title(title or f"{rows[-1].get('model', '')}: accuracy vs trainable parameters (hollow: challenge split)")
+            ax.scatter(r["trainable"], scale * r[challenge], marker=marker, s=25, facecolors="none", edgecolors="gray")
+    ylabel = label.split(" ", 1)[1].replace("acc %", "accuracy %")
+    if any(k.endswith("_precision") for r in rows for k in r): ylabel = "entity " + ylabel           # tagged words: entity F1
+    ax.set_xscale("log"); ax.set_xlabel("trainable parameters (log scale)"); ax.set_ylabel(ylabel)
+    ax.set_title(title or f"{rows[-1].get('model', '')}: {ylabel.rstrip(' %')} vs trainable parameters" + (" (hollow: challenge split)" if any(c[1].startswith("challenge_") for c in cols) else ""))
     ax.grid(alpha=0.3); fig.tight_layout()
     if path is not None: fig.savefig(path, dpi=120)
     return fig

@@ -20,9 +20,10 @@ import torch
 from .core import package_dir
 
 # %% auto #0
-__all__ = ['TASK_KINDS', 'TASKS', 'TASK_MODULES', 'SENTIMENT_FRACTIONS', 'TaskSpec', 'register_task', 'load_task_plugins',
-           'get_task_spec', 'read_jsonl', 'words', 'word_ngrams', 'jaccard', 'near_duplicate_pairs',
-           'build_sentiment_splits', 'sentiment_dir', 'read_glue_tsv', 'load_task', 'tokenize', 'PadCollator']
+__all__ = ['TASK_KINDS', 'TASKS', 'TASK_MODULES', 'PLM_TASK_FOR_KIND', 'KIND_COLUMNS', 'SENTIMENT_FRACTIONS', 'TaskSpec',
+           'register_task', 'load_task_plugins', 'get_task_spec', 'task_kind', 'read_jsonl', 'words', 'word_ngrams',
+           'jaccard', 'near_duplicate_pairs', 'build_sentiment_splits', 'sentiment_dir', 'read_glue_tsv',
+           'read_polarity_csv', 'load_task', 'tokenize', 'PadCollator']
 
 # %% ../nbs/03_data.ipynb #855d8541
 @dataclass(frozen=True)
@@ -91,6 +92,32 @@ def get_task_spec(name:str, # a task name from `TASKS`, e.g. "sentiment"
     spec = TASKS.get(key)
     if spec is None: raise ValueError(f"unknown task {name!r}; known tasks: {', '.join(TASKS)}")
     return spec
+
+PLM_TASK_FOR_KIND = {"classification": "classification", "token-classification": "token-classification",
+                     "question-answering": "question-answering", "translation": "causal-lm"}   # the head `load_plm` gives each kind (chapter 9)
+
+KIND_COLUMNS = {"classification": ("text", "label"), "token-classification": ("tokens", "ner_tags"),
+                "question-answering": ("question", "context", "answers"), "translation": ("translation",)}
+
+def _is_language_model(model)->bool:
+    "A model that generates text (a causal LM): its `labels` are the next tokens, not one tag per token."
+    can_generate = getattr(model, "can_generate", None)
+    return bool(callable(can_generate) and can_generate())
+
+def task_kind(split, # a `Dataset` (raw from `load_task`, or tokenized), or a `DatasetDict` (its first split is read)
+              model=None, # the model it will train: tells per-token `labels` of a language model from tags
+             )->str:
+    "The kind of task (`TASK_KINDS`) `split` holds, read from the columns each kind has (`KIND_COLUMNS`), so `fit`, `evaluate` and `compare` decide it once."
+    if isinstance(split, DatasetDict): split = next(iter(split.values()))
+    columns = set(split.column_names)
+    for kind, needed in KIND_COLUMNS.items():
+        if kind != "classification" and columns >= set(needed): return kind
+    if "start_positions" in columns: return "question-answering"          # tokenized by `tokenize_qa`
+    if "labels" in columns and len(split) and isinstance(split[0]["labels"], list):   # one label per token
+        return "translation" if _is_language_model(model) else "token-classification"
+    if "label" in columns or "labels" in columns or "text" in columns: return "classification"
+    raise ValueError(f"can't tell which kind of task has the columns {sorted(columns)}: expected those of one kind in KIND_COLUMNS "
+                     "(" + "; ".join(f"{k}: {', '.join(v)}" for k, v in KIND_COLUMNS.items()) + ") or a tokenized split with `labels`")
 
 # %% ../nbs/03_data.ipynb #0229c325
 def _open_text(path:Path):
@@ -326,6 +353,61 @@ def _load_local(spec:TaskSpec, folder:Path, wanted:list, explicit:bool)->Dataset
             raise FileNotFoundError(f"{path}: missing; a GLUE-format folder holds train.tsv and dev.tsv (and optionally test.tsv)")
         out[split] = read_glue_tsv(path, spec, allow_unlabelled=(split == "test"))
     return DatasetDict(out)
+
+# %% ../nbs/03_data.ipynb #94997a0f
+def read_polarity_csv(path:str|Path, # a `train.csv`/`test.csv` of Yelp or Amazon review polarity: `"label","text"` or `"label","title","text"` rows
+                      spec:TaskSpec, # the task, for its label names
+                     )->Dataset:
+    "Read a review-polarity CSV (label 1 negative, 2 positive; no header) into `text` and `label`; title and text are joined; `\\n` becomes a line break."
+    import csv
+    path, texts, labels = Path(path), [], []
+    with open(path, encoding="utf-8", newline="") as f:
+        for n, row in enumerate(csv.reader(f), 1):
+            if not row: continue
+            if len(row) < 2: raise ValueError(f"{path}, row {n}: expected a label and a text, found {len(row)} field")
+            if row[0] not in ("1", "2"): raise ValueError(f"{path}, row {n}: label {row[0]!r} is not 1 (negative) or 2 (positive)")
+            text = " ".join(part.replace("\\n", "\n").strip() for part in row[1:] if part.strip())
+            if not text: raise ValueError(f"{path}, row {n}: empty text")
+            texts.append(text); labels.append(int(row[0]) - 1)
+    if not texts: raise ValueError(f"{path}: no rows")
+    return Dataset.from_dict({"text": texts, "label": labels}, features=_features(spec))
+
+def _load_polarity_csv(spec:TaskSpec, split:str|None=None, data_dir:str|Path|None=None)->DatasetDict:
+    if data_dir is None: raise FileNotFoundError(f"task {spec.name!r} reads files you have: {spec.how_to_get}")
+    folder = Path(data_dir)
+    for name in ("train.csv", "test.csv"):
+        if not (folder/name).exists(): raise FileNotFoundError(f"{folder/name}: missing; the {spec.name} folder holds train.csv and test.csv")
+    out = {}
+    if split in (None, "train", "validation"): out["train"], out["validation"] = _carve_validation(read_polarity_csv(folder/"train.csv", spec))
+    if split in (None, "test"): out["test"] = read_polarity_csv(folder/"test.csv", spec)
+    return DatasetDict({s: out[s] for s in spec.splits if s in out and (split is None or s == split)})
+
+def _load_rt_polarity(spec:TaskSpec, split:str|None=None, data_dir:str|Path|None=None, seed:int=0)->DatasetDict:
+    if data_dir is None: raise FileNotFoundError(f"task {spec.name!r} reads files you have: {spec.how_to_get}")
+    texts, labels = [], []
+    for label, name in enumerate(("rt-polarity.neg", "rt-polarity.pos")):
+        path = Path(data_dir)/name
+        if not path.exists(): raise FileNotFoundError(f"{path}: missing; the rt-polaritydata folder holds rt-polarity.pos and rt-polarity.neg")
+        lines = [l.strip() for l in path.read_text(encoding="latin-1").splitlines() if l.strip()]
+        texts += lines; labels += [label] * len(lines)
+    data = Dataset.from_dict({"text": texts, "label": labels}, features=_features(spec))
+    rest, test = _carve_validation(data, 0.1, seed)
+    train, validation = _carve_validation(rest, 1 / 9, seed)
+    out = {"train": train, "validation": validation, "test": test}
+    return DatasetDict({s: out[s] for s in spec.splits if split is None or s == split})
+
+for _spec in [
+    TaskSpec("yelp_polarity", ("negative", "positive"), loader=_load_polarity_csv,
+             description="Yelp review polarity (Zhang et al., 2015): 560,000 training and 38,000 test reviews; read from your files.",
+             how_to_get="get yelp_review_polarity_csv (train.csv, test.csv) and call load_task('yelp_polarity', data_dir='path/to/folder')"),
+    TaskSpec("amazon_polarity", ("negative", "positive"), loader=_load_polarity_csv,
+             description="Amazon review polarity (Zhang et al., 2015): 3.6 million training and 400,000 test reviews, title and text; read from your files.",
+             how_to_get="get amazon_review_polarity_csv (train.csv, test.csv) and call load_task('amazon_polarity', data_dir='path/to/folder')"),
+    TaskSpec("rotten_tomatoes", ("negative", "positive"), loader=_load_rt_polarity,
+             description="Rotten Tomatoes sentence polarity (Pang & Lee, 2005): 5,331 positive and 5,331 negative snippets; split 80/10/10 with a seed.",
+             how_to_get="download rt-polaritydata.tar.gz (sentence polarity v1.0) from https://www.cs.cornell.edu/people/pabo/movie-review-data/, "
+                        "unpack it and call load_task('rotten_tomatoes', data_dir='path/to/rt-polaritydata')"),
+]: register_task(_spec)
 
 # %% ../nbs/03_data.ipynb #a407a224
 def _load_from_hub(spec:TaskSpec, wanted:list)->DatasetDict:

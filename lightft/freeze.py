@@ -23,7 +23,7 @@ def _get(module:nn.Module, path:str):
 
 def model_parts(model:nn.Module, # a 🤗 Transformers model with a task head, e.g. `BertForSequenceClassification`
                )->dict:
-    "The `base` model, its `embeddings`, its list of `layers` and the task `head`: the modules outside the base that no method added."
+    "The `base` model, its `embeddings`, its list of `layers` and the task `head`: the modules outside the base that no method added (a causal LM's pretrained output layer is not a task head)."
     base = getattr(model, "base_model", None)
     if base is None or base is model and not any(True for _ in model.named_children()):
         raise TypeError(f"{type(model).__name__} has no `base_model`: pass a 🤗 Transformers model (e.g. AutoModelForSequenceClassification)")
@@ -33,7 +33,10 @@ def model_parts(model:nn.Module, # a 🤗 Transformers model with a task head, e
                         f"{', '.join('base_model.' + p for p in _LAYER_PATHS)} (BERT-style encoders)")
     embeddings = getattr(base, "embeddings", None) or getattr(base, "embed_tokens", None) or getattr(base, "wte", None)
     # the task head: the modules outside the base model, except what a method added there (a soft prompt, say)
-    head = {name: m for name, m in model.named_children() if m is not base and not getattr(m, "lightft_method_module", False)}
+    can_generate = getattr(model, "can_generate", None)
+    lm_head = model.get_output_embeddings() if callable(can_generate) and can_generate() else None   # pretrained, tied to the input embeddings
+    head = {name: m for name, m in model.named_children()
+            if m is not base and m is not lm_head and not getattr(m, "lightft_method_module", False)}
     return dict(base=base, embeddings=embeddings, layers=layers, head=head)
 
 # %% ../nbs/05_freezing.ipynb #018266e6

@@ -17,8 +17,8 @@ from .freeze import freeze, unfreeze_head, model_parts
 from .methods import register_method
 
 # %% auto #0
-__all__ = ['LoRALinear', 'lora_layers', 'LoraConfig', 'add_lora', 'mark_only_lora_as_trainable', 'merge_lora', 'unmerge_lora',
-           'remove_lora', 'peft_config', 'export_peft']
+__all__ = ['TARGET_ALIASES', 'LoRALinear', 'lora_layers', 'LoraConfig', 'add_lora', 'mark_only_lora_as_trainable', 'merge_lora',
+           'unmerge_lora', 'remove_lora', 'peft_config', 'export_peft']
 
 # %% ../nbs/07_lora.ipynb #3586c870
 class LoRALinear(nn.Module):
@@ -58,6 +58,17 @@ class LoRALinear(nn.Module):
 def _matches(name:str, targets)->bool:
     "peft's rule: a module is a target if its name is a target or ends with '.' + a target."
     return any(name == t or name.endswith("." + t) for t in targets)
+
+TARGET_ALIASES = {"query": ("q_proj", "q_lin"), "key": ("k_proj", "k_lin"), "value": ("v_proj", "v_lin")}   # BERT's names in Llama/GPT-NeoX/DistilBERT
+
+def _targets_in(model:nn.Module, targets:tuple)->tuple:
+    "`targets`, where a BERT name that matches no layer of `model` is replaced by its other architectures' names (`TARGET_ALIASES`)."
+    linear = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    out = []
+    for t in targets:
+        if any(_matches(n, (t,)) for n in linear) or t not in TARGET_ALIASES: out.append(t)
+        else: out += [a for a in TARGET_ALIASES[t] if any(_matches(n, (a,)) for n in linear)] or [t]
+    return tuple(out)
 
 def lora_layers(model:nn.Module, # any model
                )->dict:
@@ -103,6 +114,7 @@ def add_lora(model:nn.Module,            # a 🤗 Transformers model (or any mod
         prefix = next(n for n, m in model.named_modules() if m is root)
         chosen = [(f"{prefix}.{n}".strip("."), m) for n, m in root.named_modules() if isinstance(m, nn.Linear)]
     else:
+        targets = _targets_in(model, targets)          # "query" is q_proj in a Llama
         chosen = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear) and _matches(n, targets)]
     if not chosen:
         linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, nn.Linear)})

@@ -108,6 +108,15 @@ def remove_method(model:nn.Module, # a model prepared with `apply_method` (a mod
     _clear_lightft_attributes(model)
     return model
 
+def _nothing_to_train(model:nn.Module, name:str)->str:
+    "Why `name` found nothing to train in `model`, in one line."
+    why = []
+    if not model_parts(model)["head"]:
+        why.append("it has no new task head (a causal language model's output layer is its pretrained LM head, tied to the input embeddings)")
+    if name == "bitfit" and not any(n.endswith("bias") for n, _ in model.named_parameters()): why.append("it has no bias terms")
+    return (f"{name!r} leaves nothing to train in this {type(model).__name__}" + (": " + " and ".join(why) if why else "") +
+            "; choose a method that adds weights (lora, prompt) or trains existing ones (full, top-k)")
+
 def apply_method(model:nn.Module, # a 🤗 Transformers model with a task head
                  name:str,         # a registered method name (see `METHODS`), e.g. "bitfit" or "top2"
                  *,
@@ -133,6 +142,7 @@ def apply_method(model:nn.Module, # a 🤗 Transformers model with a task head
         freeze(model)
         if method.add is not None: method.add(model, **options); added = True
         method.mark_trainable(model, **options)
+        if not any(p.requires_grad for p in model.parameters()): raise ValueError(_nothing_to_train(model, name))
     except BaseException:                              # undo: the caller's model is left as it was
         if added: method.remove(model)
         for n, p in model.named_parameters():

@@ -19,22 +19,19 @@ from seqeval.metrics.sequence_labeling import get_entities
 from seqeval.scheme import IOB2
 
 from .core import package_dir
-from .data import TASKS, TaskSpec, _quiet_datasets, _sha256_text, _write_jsonl_gz, read_jsonl, register_task
+from .data import TASKS, TaskSpec, PLM_TASK_FOR_KIND, _quiet_datasets, _sha256_text, _write_jsonl_gz, read_jsonl, register_task
 
 # %% auto #0
-__all__ = ['PLM_TASK_FOR_KIND', 'NER_TYPES', 'NER_LABELS', 'NER_FRACTIONS', 'QA_FRACTIONS', 'TRANSLATION_FRACTIONS', 'BUILDERS',
-           'LANGUAGES', 'DIRECTIONS', 'NER_FEATURES', 'SQUAD_FEATURES', 'CONLL_FILES', 'SQUAD_FILES', 'TATOEBA_FILES',
-           'task_dir', 'source_dir', 'parse_markup', 'to_iob2', 'stratified_split', 'build_ner_splits',
-           'build_qa_splits', 'build_translation_splits', 'build_task_assets', 'translation_direction', 'read_conll',
-           'read_squad_json', 'read_tatoeba', 'ner_metrics', 'aligned_tags', 'normalize_answer', 'squad_exact_match',
-           'squad_f1', 'squad_metrics', 'translation_metrics', 'align_labels', 'tokenize_ner', 'encode_qa',
-           'tokenize_qa', 'translation_prompt', 'encode_translation', 'tokenize_translation', 'extract_entities',
-           'qa_predictions', 'answer', 'translate']
+__all__ = ['NER_TYPES', 'NER_LABELS', 'NER_FRACTIONS', 'QA_FRACTIONS', 'TRANSLATION_FRACTIONS', 'BUILDERS', 'LANGUAGES',
+           'DIRECTIONS', 'NER_FEATURES', 'SQUAD_FEATURES', 'CONLL_FILES', 'SQUAD_FILES', 'TATOEBA_FILES', 'task_dir',
+           'source_dir', 'parse_markup', 'to_iob2', 'stratified_split', 'build_ner_splits', 'build_qa_splits',
+           'build_translation_splits', 'build_task_assets', 'translation_direction', 'read_conll', 'split_of',
+           'read_squad_json', 'read_tatoeba', 'read_parallel', 'ner_metrics', 'aligned_tags', 'normalize_answer',
+           'squad_exact_match', 'squad_f1', 'squad_metrics', 'translation_metrics', 'align_labels', 'tokenize_ner',
+           'encode_qa', 'tokenize_qa', 'translation_prompt', 'encode_translation', 'tokenize_translation',
+           'extract_entities', 'qa_predictions', 'answer', 'translate']
 
 # %% ../nbs/09_tasks.ipynb #3c4a4ecf
-PLM_TASK_FOR_KIND = {"classification": "classification", "token-classification": "token-classification",
-                     "question-answering": "question-answering", "translation": "causal-lm"}
-
 def task_dir(name:str, # a task that ships with the package: "sentiment", "ner", "qa" or "translation"
             )->Path:
     "Folder of a task's shipped splits inside the installed package."
@@ -73,14 +70,15 @@ def parse_markup(text:str, # tokens separated by spaces, entities written `[TYPE
     return tokens, tags
 
 # %% ../nbs/09_tasks.ipynb #3a84f7ae
-_TAG = re.compile(r"O|[BI]-[A-Za-z][\w-]*")
+_TAG = re.compile(r"O|[BIES]-[A-Za-z][\w-]*")
 
-def to_iob2(tags:list, # tag names in IOB1 or IOB2, e.g. ["I-PER", "I-PER", "O"]
+def to_iob2(tags:list, # tag names in IOB1, IOB2 (BIO) or IOBES, e.g. ["I-PER", "I-PER", "O"]
            )->list:
-    "The same tags in IOB2: an `I-TYPE` that does not continue an entity of its type becomes `B-TYPE`."
+    "The same tags in IOB2: an `I-TYPE` that does not continue an entity of its type becomes `B-TYPE`; IOBES's `S-` (single) is `B-`, `E-` (end) is `I-`."
     out, previous = [], "O"
     for tag in tags:
-        if not isinstance(tag, str) or not _TAG.fullmatch(tag): raise ValueError(f"{tag!r} is not a tag: expected O, B-TYPE or I-TYPE")
+        if not isinstance(tag, str) or not _TAG.fullmatch(tag): raise ValueError(f"{tag!r} is not a tag: expected O, B-TYPE or I-TYPE (or S-/E-TYPE)")
+        if tag[:2] in ("S-", "E-"): tag = ("B-" if tag[0] == "S" else "I-") + tag[2:]
         if tag.startswith("I-") and (previous == "O" or previous[2:] != tag[2:]): tag = "B-" + tag[2:]
         out.append(tag); previous = tag
     return out
@@ -117,6 +115,15 @@ NER_FRACTIONS = {"train": 0.7, "validation": 0.1, "test": 0.2}
 
 def _sha256_file(path:Path)->str: return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
+def _source_files(src_dir:Path)->list:
+    "The `.jsonl` source files of a builder, sorted by name; none is an error."
+    sources = sorted(Path(src_dir).glob("*.jsonl"))
+    if not sources: raise FileNotFoundError(f"{src_dir}: no .jsonl source files")
+    return sources
+
+def _write_manifest(manifest:dict, out_dir:Path):
+    (Path(out_dir)/"manifest.json").write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
+
 def _read_source_lines(path:Path):
     "Yield `(line number, record)` for every non-blank line of a JSON-lines source file, with errors naming file and line."
     for n, line in enumerate(path.read_text(encoding="utf-8").split("\n"), 1):
@@ -150,8 +157,7 @@ def build_ner_splits(src_dir:str|Path, # folder of source `.jsonl` files: one se
                     )->dict:
     "Build train/validation/test (whole documents, stratified by topic) and challenge splits of the NER sources; return the manifest."
     src_dir, out_dir, fractions = Path(src_dir), Path(out_dir), fractions or NER_FRACTIONS
-    sources = sorted(src_dir.glob("*.jsonl"))
-    if not sources: raise FileNotFoundError(f"{src_dir}: no .jsonl source files")
+    sources = _source_files(src_dir)
     rows, doc_file, doc_hint = [], {}, {}
     manifest = {"seed": seed, "fractions": fractions, "labels": list(NER_LABELS), "sources": {}, "splits": {}}
     for path in sources:
@@ -180,7 +186,7 @@ def build_ner_splits(src_dir:str|Path, # folder of source `.jsonl` files: one se
     for name, items in splits.items():
         records = [{"tokens": r["tokens"], "ner_tags": r["ner_tags"], "doc": r["doc"], "topic": r["topic"], "phenomenon": r["phenomenon"]} for r in items]
         manifest["splits"][name] = {**_ner_counts(items), "sha256": _write_jsonl_gz(records, out_dir/f"{name}.jsonl.gz")}
-    (out_dir/"manifest.json").write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
+    _write_manifest(manifest, out_dir)
     return manifest
 
 # %% ../nbs/09_tasks.ipynb #3617fdde
@@ -217,8 +223,7 @@ def build_qa_splits(src_dir:str|Path, # folder of source `.jsonl` files: one par
                    )->dict:
     "Build train/validation/test splits of the QA sources (whole paragraphs, stratified by topic); return the manifest."
     src_dir, out_dir, fractions = Path(src_dir), Path(out_dir), fractions or QA_FRACTIONS
-    sources = sorted(src_dir.glob("*.jsonl"))
-    if not sources: raise FileNotFoundError(f"{src_dir}: no .jsonl source files")
+    sources = _source_files(src_dir)
     paragraphs, seen = [], {}
     manifest = {"seed": seed, "fractions": fractions, "sources": {}, "splits": {}}
     for path in sources:
@@ -237,7 +242,7 @@ def build_qa_splits(src_dir:str|Path, # folder of source `.jsonl` files: one par
         records = [q for p in part for q in p["questions"]]
         manifest["splits"][name] = {"paragraphs": len(part), "questions": len(records), "paraphrase": sum(q["paraphrase"] for q in records),
                                     "topics": len({p["topic"] for p in part}), "sha256": _write_jsonl_gz(records, out_dir/f"{name}.jsonl.gz")}
-    (out_dir/"manifest.json").write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
+    _write_manifest(manifest, out_dir)
     return manifest
 
 # %% ../nbs/09_tasks.ipynb #61c14b20
@@ -255,8 +260,7 @@ def build_translation_splits(src_dir:str|Path, # folder of source `.jsonl` files
                             )->dict:
     "Build train/validation/test splits of the EN–ZH pairs, stratified by topic; return the manifest."
     src_dir, out_dir, fractions = Path(src_dir), Path(out_dir), fractions or TRANSLATION_FRACTIONS
-    sources = sorted(src_dir.glob("*.jsonl"))
-    if not sources: raise FileNotFoundError(f"{src_dir}: no .jsonl source files")
+    sources = _source_files(src_dir)
     pairs, first = [], {}
     manifest = {"seed": seed, "fractions": fractions, "sources": {}, "dropped": [], "splits": {}}
     for path in sources:
@@ -273,7 +277,7 @@ def build_translation_splits(src_dir:str|Path, # folder of source `.jsonl` files
         records = [{"translation": {"en": p["en"], "zh": p["zh"]}, "topic": p["topic"]} for p in part]
         manifest["splits"][name] = {"pairs": len(records), "topics": len({p["topic"] for p in part}),
                                     "sha256": _write_jsonl_gz(records, out_dir/f"{name}.jsonl.gz")}
-    (out_dir/"manifest.json").write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
+    _write_manifest(manifest, out_dir)
     return manifest
 
 # %% ../nbs/09_tasks.ipynb #f4ba5ab0
@@ -307,9 +311,10 @@ def _check_tags(tags, n:int, where:str, names:tuple=NER_LABELS)->list:
 
 NER_FEATURES = Features({"tokens": Sequence(Value("string")), "ner_tags": Sequence(ClassLabel(names=list(NER_LABELS)))})
 
-def _ner_dataset(columns:dict, split:str|None=None)->Dataset:
+def _ner_dataset(columns:dict, split:str|None=None, names:tuple=NER_LABELS)->Dataset:
     extra = {c: Value("string") for c in columns if c not in NER_FEATURES}
-    return Dataset.from_dict(columns, features=Features({**NER_FEATURES, **extra}), split=split)
+    tags = {"ner_tags": Sequence(ClassLabel(names=list(names)))}
+    return Dataset.from_dict(columns, features=Features({**NER_FEATURES, **tags, **extra}), split=split)
 
 def _load_ner(spec:TaskSpec, split:str|None=None, data_dir:str|Path|None=None)->DatasetDict:
     folder, out = Path(data_dir) if data_dir is not None else task_dir("ner"), {}
@@ -398,22 +403,32 @@ for _spec in [
 CONLL_FILES = {"train": ("eng.train", "train.txt"), "validation": ("eng.testa", "valid.txt"), "test": ("eng.testb", "test.txt")}
 _CONLL_TAG = re.compile(r"O|[BI]-(PER|ORG|LOC|MISC)")
 
-def read_conll(path:str|Path, # a CoNLL-2003 file: `word POS chunk NER` per line, blank lines between sentences
+def read_conll(path:str|Path, # a CoNLL-format file: one token per line, its tag in the last column, blank lines between sentences
+               columns:int|None=4, # columns per line (CoNLL-2003: word POS chunk NER); None: any number >= 2 (word ... tag)
+               types:tuple|None=NER_TYPES, # the entity types allowed; None: any
               )->list:
-    "The sentences of a CoNLL-2003 file as `(tokens, tags)` pairs with IOB2 tags; `-DOCSTART-` lines are skipped."
+    "The sentences of a CoNLL-format file as `(tokens, tags)` pairs with IOB2 tags (from IOB1, IOB2 or IOBES); `-DOCSTART-` lines are skipped."
     path, sentences, tokens, tags = Path(path), [], [], []
+    kinds = "|".join(map(re.escape, types)) if types else r"[A-Za-z][\w-]*"
+    tag_pattern = re.compile(rf"O|[BIES]-({kinds})")
     def flush():
-        if tokens: sentences.append((tokens[:], to_iob2(tags)))
+        if tokens:
+            try: sentences.append((tokens[:], to_iob2(tags)))
+            except ValueError as e: raise ValueError(f"{path}, sentence ending at line {n}: {e}") from None
         tokens.clear(); tags.clear()
+    n = 0
     with open(path, encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
             fields = line.split()
             if not fields: flush(); continue
             if fields[0] == "-DOCSTART-": flush(); continue
-            if len(fields) != 4: raise ValueError(f"{path}, line {n}: expected 4 space-separated columns (word POS chunk NER), found {len(fields)}")
-            if not _CONLL_TAG.fullmatch(fields[3]):
-                raise ValueError(f"{path}, line {n}: NER tag {fields[3]!r} is not O, B-TYPE or I-TYPE with TYPE one of {', '.join(NER_TYPES)}")
-            tokens.append(fields[0]); tags.append(fields[3])
+            if columns is not None and len(fields) != columns:
+                raise ValueError(f"{path}, line {n}: expected {columns} space-separated columns (word POS chunk NER), found {len(fields)}")
+            if len(fields) < 2: raise ValueError(f"{path}, line {n}: expected a word and its tag, found one column")
+            if not tag_pattern.fullmatch(fields[-1]):
+                allowed = f"with TYPE one of {', '.join(types)}" if types else "(or S-/E-TYPE)"
+                raise ValueError(f"{path}, line {n}: NER tag {fields[-1]!r} is not O, B-TYPE or I-TYPE {allowed}")
+            tokens.append(fields[0]); tags.append(fields[-1])
     flush()
     return sentences
 
@@ -436,6 +451,39 @@ def _load_conll(spec:TaskSpec, split:str|None=None, data_dir:str|Path|None=None)
         sentences = read_conll(path)
         out[s] = _ner_dataset({"tokens": [t for t, _ in sentences], "ner_tags": [[NER_LABELS.index(x) for x in g] for _, g in sentences]}, s)
     return DatasetDict(out)
+
+_SPLIT_WORDS = (("validation", ("testa", "dev", "valid", "val")), ("test", ("testb", "test")), ("train", ("train",)))
+
+def split_of(filename:str, # a data file's name, e.g. "eng.testa", "wnut17train.conll", "dev.txt", "newstest.zh"
+            )->str|None:
+    "The split a file's name says it holds — validation (testa, dev, valid), test (testb, test) or train — or None."
+    name = filename.lower()
+    return next((split for split, words in _SPLIT_WORDS if any(w in name for w in words)), None)
+
+def _files_by_split(spec:TaskSpec, folder, suffixes:tuple=(), split:str|None=None)->dict:
+    "split -> the file(s) in `folder` whose names say their split (`split_of`); an error lists what was found."
+    if folder is None: raise FileNotFoundError(f"task {spec.name!r} reads files you have: {spec.how_to_get}")
+    folder = Path(folder)
+    if not folder.is_dir(): raise FileNotFoundError(f"{folder}: no such folder (data_dir of task {spec.name!r})")
+    found = defaultdict(list)
+    for path in sorted(folder.iterdir()):
+        if path.is_file() and not path.name.startswith(".") and (not suffixes or path.suffix in suffixes) and split_of(path.name):
+            found[split_of(path.name)].append(path)
+    if not found: raise FileNotFoundError(f"{folder}: no file whose name has train, dev/valid/testa or test/testb in it (task {spec.name!r})")
+    if split is not None:
+        if split not in found: raise FileNotFoundError(f"{folder}: no file for the {split!r} split (found: {', '.join(p.name for v in found.values() for p in v)})")
+        found = {split: found[split]}
+    return {s: found[s] for s in ("train", "validation", "test") if s in found}
+
+def _load_conll_any(spec:TaskSpec, split:str|None=None, data_dir:str|Path|None=None)->DatasetDict:
+    files = _files_by_split(spec, data_dir, split=split)
+    for s, paths in files.items():
+        if len(paths) > 1: raise ValueError(f"{data_dir}: {len(paths)} files look like the {s!r} split ({', '.join(p.name for p in paths)}): keep one")
+    sentences = {s: read_conll(paths[0], columns=None, types=None) for s, paths in files.items()}
+    types = sorted({tag[2:] for part in sentences.values() for _, tags in part for tag in tags if tag != "O"})
+    names = ("O",) + tuple(f"{p}-{t}" for t in types for p in "BI")
+    return DatasetDict({s: _ner_dataset({"tokens": [t for t, _ in part], "ner_tags": [[names.index(x) for x in g] for _, g in part]}, s, names)
+                        for s, part in sentences.items()})
 
 # %% ../nbs/09_tasks.ipynb #93c3cb39
 SQUAD_FILES = {"train": ("train-v1.1.json",), "validation": ("dev-v1.1.json",)}
@@ -487,18 +535,46 @@ def read_tatoeba(path:str|Path, # a Tatoeba pair file such as `cmn.txt`: `Englis
     if not out: raise ValueError(f"{path}: no sentence pairs")
     return out
 
-def _load_tatoeba(spec:TaskSpec, split:str|None=None, data_dir:str|Path|None=None, direction:str="en-zh", seed:int=0)->DatasetDict:
-    _check_direction(direction)
-    path = _local_files(spec, data_dir, TATOEBA_FILES, None)["all"]
+def _draw_splits(rows:list, spec:TaskSpec, split:str|None, direction:str, seed:int, extra:str|None=None)->DatasetDict:
+    "Seeded 80/7/13 splits of `(english, chinese[, extra])` rows, grouped by the English sentence so its translations stay together."
     groups = defaultdict(list)
-    for en, zh, attribution in read_tatoeba(path): groups[en].append((en, zh, attribution))
+    for row in rows: groups[row[0]].append(row)
     english = list(groups)
     parts = stratified_split(english, [0] * len(english), TRANSLATION_FRACTIONS, seed, weights=[len(groups[e]) for e in english])
     out = {}
     for s in [split] if split else spec.splits:
-        rows = [r for e in parts[s] for r in groups[e]]
-        out[s] = _translation_dataset([(en, zh) for en, zh, _ in rows], direction, {"attribution": [a for *_, a in rows]}, s, spec.name)
+        chosen = [r for e in parts[s] for r in groups[e]]
+        out[s] = _translation_dataset([r[:2] for r in chosen], direction, {extra: [r[2] for r in chosen]} if extra else {}, s, spec.name)
     return DatasetDict(out)
+
+def _load_tatoeba(spec:TaskSpec, split:str|None=None, data_dir:str|Path|None=None, direction:str="en-zh", seed:int=0)->DatasetDict:
+    _check_direction(direction)
+    path = _local_files(spec, data_dir, TATOEBA_FILES, None)["all"]
+    return _draw_splits(read_tatoeba(path), spec, split, direction, seed, extra="attribution")
+
+def read_parallel(english:str|Path, # a file of English sentences, one per line (e.g. `train.en`)
+                  chinese:str|Path, # the file of their Chinese translations, line by line (e.g. `train.zh`)
+                 )->list:
+    "The `(english, chinese)` pairs of two line-aligned files (the Moses/WMT plain-text convention); a line empty on either side is skipped."
+    en, zh = (Path(p).read_text(encoding="utf-8-sig").splitlines() for p in (english, chinese))
+    if len(en) != len(zh): raise ValueError(f"{english} has {len(en)} lines but {chinese} has {len(zh)}: line-aligned files need as many lines")
+    pairs = [(e.strip(), z.strip()) for e, z in zip(en, zh) if e.strip() and z.strip()]
+    if not pairs: raise ValueError(f"{english}, {chinese}: no sentence pairs")
+    return pairs
+
+def _load_parallel(spec:TaskSpec, split:str|None=None, data_dir:str|Path|None=None, direction:str="en-zh", seed:int=0)->DatasetDict:
+    _check_direction(direction)
+    if data_dir is None: raise FileNotFoundError(f"task {spec.name!r} reads files you have: {spec.how_to_get}")
+    folder = Path(data_dir)
+    pairs = [(e, e.with_suffix(".zh")) for e in sorted(folder.glob("*.en")) if e.with_suffix(".zh").exists()]
+    if not pairs: raise FileNotFoundError(f"{folder}: no pair of line-aligned files NAME.en and NAME.zh (task {spec.name!r})")
+    named = {split_of(e.name): (e, z) for e, z in pairs}
+    if None in named:                                            # one corpus without split names: drawn like Tatoeba's
+        if len(pairs) > 1: raise ValueError(f"{folder}: several .en/.zh pairs ({', '.join(e.stem for e, _ in pairs)}); name them train, dev/valid and test")
+        return _draw_splits(read_parallel(*pairs[0]), spec, split, direction, seed)
+    if split is not None and split not in named: raise FileNotFoundError(f"{folder}: no .en/.zh pair for the {split!r} split (found {', '.join(named)})")
+    return DatasetDict({s: _translation_dataset(read_parallel(*named[s]), direction, {}, s, spec.name)
+                        for s in ("train", "validation", "test") if s in named and (split is None or s == split)})
 
 for _spec in [
     TaskSpec(
@@ -511,6 +587,17 @@ for _spec in [
         description="SQuAD v1.1 (Rajpurkar et al., 2016): 100k questions on Wikipedia paragraphs; read from your files.",
         how_to_get="download train-v1.1.json and dev-v1.1.json from https://rajpurkar.github.io/SQuAD-explorer/ and call "
                    "load_task('squad', data_dir='path/to/folder')"),
+    TaskSpec(
+        "conll", (), metric="f1", text_fields=("tokens",), kind="token-classification", loader=_load_conll_any,
+        description="Any named-entity data in CoNLL format (CoNLL-2002/2003, WNUT-17, WikiANN, ...): a token per line, its tag in the last column, "
+                    "IOB1/IOB2/IOBES with any entity types (read from the files); splits from the file names.",
+        how_to_get="put the files in one folder — names with train, dev/valid/testa and test/testb in them (e.g. train.txt, dev.txt, test.txt or "
+                   "esp.train, esp.testa, esp.testb) — and call load_task('conll', data_dir='path/to/folder')"),
+    TaskSpec(
+        "parallel", (), metric="bleu", text_fields=("source",), kind="translation", loader=_load_parallel,
+        description="English–Chinese sentence pairs in line-aligned plain-text files (train.en + train.zh, dev.*, test.*), as WMT and "
+                    "OPUS distribute them; one unnamed pair of files is split 80/7/13 with a seed.",
+        how_to_get="put line-aligned NAME.en and NAME.zh files in one folder and call load_task('parallel', data_dir='path/to/folder')"),
     TaskSpec(
         "tatoeba", (), metric="bleu", text_fields=("source",), kind="translation", loader=_load_tatoeba,
         description="Tatoeba English–Mandarin sentence pairs (cmn.txt, CC-BY 2.0 FR); split 80/7/13 with a seed, grouped by English sentence.",
@@ -678,23 +765,27 @@ def tokenize_qa(data:Dataset|DatasetDict, # a question-answering task with SQuAD
 def translation_prompt(text:str, # the source sentence
                        direction:str="en-zh", # "en-zh" or "zh-en"
                        tokenizer=None, # if it has a chat template, the prompt is wrapped in it
+                       shots:list|None=None, # few-shot prompting: `(source, target)` example pairs shown first, each as a solved instruction
                       )->str:
-    "The instruction a causal LM continues with the translation of `text`: `Translate English to Chinese:\\n{text}\\n`, in the chat template if there is one."
+    "The instruction a causal LM continues with the translation of `text`: `Translate English to Chinese:\\n{text}\\n`, in the chat template if there is one, after any solved examples (`shots`)."
     src, tgt = _check_direction(direction)
-    instruction = f"Translate {LANGUAGES[src]} to {LANGUAGES[tgt]}:\n{text}\n"
+    instruction = lambda s: f"Translate {LANGUAGES[src]} to {LANGUAGES[tgt]}:\n{s}\n"
+    shots = list(shots or [])
     if tokenizer is not None and getattr(tokenizer, "chat_template", None):
-        return tokenizer.apply_chat_template([{"role": "user", "content": instruction.rstrip()}], tokenize=False, add_generation_prompt=True)
-    return instruction
+        turns = [m for s, t in shots for m in ({"role": "user", "content": instruction(s).rstrip()}, {"role": "assistant", "content": t})]
+        return tokenizer.apply_chat_template(turns + [{"role": "user", "content": instruction(text).rstrip()}], tokenize=False, add_generation_prompt=True)
+    return "".join(instruction(s) + t + "\n\n" for s, t in shots) + instruction(text)
 
 def encode_translation(tokenizer, # the causal LM's tokenizer; needs an end-of-sequence token
                        source:str, # the sentence to translate
                        target:str|None=None, # its reference translation; None at inference (prompt only)
                        direction:str="en-zh", # "en-zh" or "zh-en"
                        max_length:int|None=None, # longer examples are truncated at the end of the target
+                       shots:list|None=None, # `(source, target)` example pairs shown before the source (few-shot prompting)
                       )->dict:
     "Prompt (+ target + EOS) token ids with `attention_mask`, and `labels` that are -100 on the prompt when `target` is given."
     chat = bool(getattr(tokenizer, "chat_template", None))
-    prompt = tokenizer(translation_prompt(source, direction, tokenizer), add_special_tokens=not chat)["input_ids"]
+    prompt = tokenizer(translation_prompt(source, direction, tokenizer, shots), add_special_tokens=not chat)["input_ids"]
     if target is None: ids, labels = prompt, None
     else:
         if tokenizer.eos_token_id is None: raise ValueError("the tokenizer has no eos_token: the model could not learn where a translation ends")
@@ -836,6 +927,8 @@ def translate(model, # a causal language model
               max_new_tokens:int=64, # longest translation, in tokens
               num_beams:int=1, # 1: greedy decoding; more: beam search
               batch_size:int=8, # sentences per `generate` call
+              shots:list|None=None, # few-shot prompting: `(source, target)` example pairs shown before each sentence
+              first_line:bool=True, # keep the first line only: one sentence translates to one line, and instruction models like to add notes after it
              )->list|str:
     "Translate `texts` by generating after the instruction prompt (KV cache on); returns the decoded new text of each."
     _check_direction(direction)
@@ -847,13 +940,15 @@ def translate(model, # a causal language model
     model.eval()
     try:
         for b in range(0, len(texts), batch_size):
-            prompts = [encode_translation(tokenizer, t, direction=direction)["input_ids"] for t in texts[b:b + batch_size]]
+            prompts = [encode_translation(tokenizer, t, direction=direction, shots=shots)["input_ids"] for t in texts[b:b + batch_size]]
             width = max(map(len, prompts))
             ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=device)
             mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
+            stop = dict(stop_strings=["\n"], tokenizer=tokenizer) if first_line else {}    # stop at the end of the first line
             with torch.no_grad():
                 generated = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, num_beams=num_beams,
-                                           do_sample=False, use_cache=True, pad_token_id=pad, eos_token_id=tokenizer.eos_token_id)
-            out += [s.strip() for s in tokenizer.batch_decode(generated[:, width:], skip_special_tokens=True)]
+                                           do_sample=False, use_cache=True, pad_token_id=pad, eos_token_id=tokenizer.eos_token_id, **stop)
+            decoded = [s.strip() for s in tokenizer.batch_decode(generated[:, width:], skip_special_tokens=True)]
+            out += [s.split("\n")[0].strip() for s in decoded] if first_line else decoded
     finally: model.train(was_training)
     return out[0] if single else out

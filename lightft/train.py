@@ -19,26 +19,36 @@ from tqdm.auto import tqdm
 from fastcore.basics import patch
 
 from .core import set_seed, param_report, measure, get_device, eval_mode
-from .data import tokenize, PadCollator
+from .data import tokenize, PadCollator, task_kind
 
 # %% auto #0
-__all__ = ['MODEL_INPUTS', 'PRECISIONS', 'as_tokenized', 'make_loader', 'logits_of', 'task_loss', 'decay_parameter_names',
-           'param_groups', 'linear_warmup_decay', 'warmup_steps_for', 'make_scheduler', 'classification_metrics',
-           'evaluate', 'predict', 'History', 'check_fit_settings', 'distributed', 'autocast', 'fit', 'sample_splits']
+__all__ = ['MODEL_INPUTS', 'TARGETS', 'KIND_METRICS', 'PRECISIONS', 'qa_stride', 'as_tokenized', 'make_loader', 'logits_of',
+           'task_loss', 'batch_loss', 'without_padding', 'labelled_count', 'decay_parameter_names', 'param_groups',
+           'linear_warmup_decay', 'warmup_steps_for', 'make_scheduler', 'classification_metrics', 'evaluate', 'predict',
+           'History', 'check_fit_settings', 'distributed', 'autocast', 'fit', 'sample_splits']
 
 # %% ../nbs/04_finetuning.ipynb #ecb1e77e
-MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "labels")
+MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "labels", "start_positions", "end_positions")
+TARGETS = ("labels", "start_positions", "end_positions")   # what the model learns to predict; not fed to it
 
-def as_tokenized(split, # a `datasets.Dataset` with `text` and `label`, or `tokens` and `ner_tags` (chapter 9), or one already tokenized
+def qa_stride(max_length:int, # tokens per window
+             )->int:
+    "Overlap of the windows of a long QA context (chapter 9) for windows of `max_length` tokens: 128 at 384, a quarter below that."
+    return min(128, max_length // 4)
+
+def as_tokenized(split, # a `datasets.Dataset` of any task kind (`lightft.data.task_kind`), or one already tokenized
                  tokenizer, # the model's tokenizer
-                 max_length:int=128, # longer texts are truncated to this many tokens
+                 max_length:int=128, # longer texts are truncated to this many tokens (QA: windows of this many)
+                 kind:str|None=None, # the task's kind; default: read from the columns (`task_kind`)
                 ):
-    "`split` tokenized for its kind — `lightft.data.tokenize` for texts, `lightft.tasks.tokenize_ner` for tagged words — unless it already has `input_ids`."
+    "`split` tokenized for its kind — `lightft.data.tokenize` for texts; chapter 9's `tokenize_ner`, `tokenize_qa` or `tokenize_translation` — unless it already has `input_ids`."
     if "input_ids" in split.column_names: return split
-    if "tokens" in split.column_names and "ner_tags" in split.column_names:
-        from lightft.tasks import tokenize_ner                # chapter 9: one label per word, on its first sub-token
-        return tokenize_ner(split, tokenizer, max_length=max_length)
-    return tokenize(split, tokenizer, max_length=max_length)
+    kind = kind or task_kind(split)
+    if kind == "classification": return tokenize(split, tokenizer, max_length=max_length)
+    from lightft import tasks                                 # chapter 9: one tokenisation per kind
+    if kind == "token-classification": return tasks.tokenize_ner(split, tokenizer, max_length=max_length)
+    if kind == "question-answering": return tasks.tokenize_qa(split, tokenizer, max_length=max_length, stride=qa_stride(max_length))
+    return tasks.tokenize_translation(split, tokenizer, max_length=max_length)
 
 def make_loader(split, # a tokenized `datasets.Dataset`
                 tokenizer, # its tokenizer (for the padding token)
@@ -55,9 +65,10 @@ def make_loader(split, # a tokenized `datasets.Dataset`
 def logits_of(model:nn.Module, # a classifier
               batch:dict, # a batch from `make_loader`: the model's inputs and `labels`
              )->Tensor:
-    "Run `model` on `batch` (everything but `labels`) and return its logits, whatever type of output the model returns."
-    out = model(**{k: v for k, v in batch.items() if k != "labels"})
+    "Run `model` on `batch` (everything but the `TARGETS`) and return its logits, whatever type of output the model returns; extractive QA's start and end scores as one (batch, length, 2) tensor."
+    out = model(**{k: v for k, v in batch.items() if k not in TARGETS})
     if isinstance(out, Tensor): return out
+    if getattr(out, "start_logits", None) is not None: return torch.stack([out.start_logits, out.end_logits], -1)
     return out.logits if hasattr(out, "logits") else out[0]
 
 def task_loss(logits:Tensor, # (batch, classes), or (batch, length, classes) for one label per token
@@ -69,6 +80,35 @@ def task_loss(logits:Tensor, # (batch, classes), or (batch, length, classes) for
         logits = logits[:, logits.shape[1] - labels.shape[1]:]   # a soft prompt's virtual tokens come first and have no labels
         return F.cross_entropy(logits.flatten(0, 1), labels.flatten(), reduction=reduction)
     return F.cross_entropy(logits, labels, reduction=reduction)
+
+def batch_loss(logits:Tensor, # from `logits_of`
+               batch:dict, # the batch: the model's inputs and its targets (`labels`, or QA's `start_positions`/`end_positions`)
+               kind:str="classification", # the task's kind (`lightft.data.TASK_KINDS`)
+               reduction:str="mean", # "mean" over the labelled examples or tokens, or "sum"
+              )->Tensor:
+    "The training loss of a batch for its kind: `task_loss` for labels and tags; for QA the mean of the start and end cross-entropies over the real tokens; for translation (a causal LM) the cross-entropy of every next token whose label is not -100."
+    if logits.dim() == 3: logits = logits[:, logits.shape[1] - batch["input_ids"].shape[1]:]   # no soft-prompt positions
+    if kind == "question-answering":
+        logits = without_padding(logits, batch.get("attention_mask"))
+        return (F.cross_entropy(logits[..., 0], batch["start_positions"], reduction=reduction) +
+                F.cross_entropy(logits[..., 1], batch["end_positions"], reduction=reduction)) / 2
+    if kind == "translation":                                   # position t predicts token t + 1
+        return F.cross_entropy(logits[:, :-1].flatten(0, 1), batch["labels"][:, 1:].flatten(), reduction=reduction)
+    return task_loss(logits, batch["labels"], reduction)
+
+def without_padding(logits:Tensor, # (batch, length, 2) start and end scores
+                    attention_mask:Tensor|None, # (batch, length): 0 on padding
+                   )->Tensor:
+    "QA scores with padding positions at -10,000: a padding token is never a candidate start or end, so the loss does not depend on how long the batch was padded."
+    return logits if attention_mask is None else logits.masked_fill(attention_mask[..., None] == 0, -1e4)
+
+def labelled_count(batch:dict, # a batch with its targets
+                   kind:str="classification", # the task's kind
+                  )->int:
+    "How many things `batch_loss` averages over: examples (classification, QA), tagged tokens, or predicted next tokens (translation)."
+    if kind == "question-answering": return len(batch["start_positions"])
+    if kind == "translation": return int((batch["labels"][:, 1:] != -100).sum())
+    return int((batch["labels"] != -100).sum())
 
 # %% ../nbs/04_finetuning.ipynb #d3eac36c
 def decay_parameter_names(model:nn.Module, # any PyTorch model
@@ -123,7 +163,7 @@ def classification_metrics(preds, # predicted label ids
                 macro_f1=float(np.mean(f1s)) if f1s else 0.0)
 
 # %% ../nbs/04_finetuning.ipynb #03513d9a
-def _all_logits(model, loader, progress=False):
+def _all_logits(model, loader, progress=False, pad_value=0.0):
     "Logits (float32, on the CPU) and labels (if the batches have them) of `model` over a loader, in eval mode (restored after)."
     device = next(model.parameters()).device
     logits, labels = [], []
@@ -135,7 +175,7 @@ def _all_logits(model, loader, progress=False):
             logits.append(out)
             if "labels" in batch: labels.append(batch["labels"].cpu())
     if logits[0].dim() == 3:                               # per-token outputs: batches have different lengths
-        return _pad_lengths(logits, 0.0), (_pad_lengths(labels, -100) if labels else None)
+        return _pad_lengths(logits, pad_value), (_pad_lengths(labels, -100) if labels else None)
     return torch.cat(logits), (torch.cat(labels) if labels else None)
 
 def _pad_lengths(tensors:list, value)->Tensor:
@@ -156,16 +196,58 @@ def _token_metrics(model:nn.Module, logits:Tensor, labels:Tensor)->dict:
     return dict(**ner_metrics(refs, hyps, names), accuracy=float((preds[keep] == labels[keep]).float().mean()),
                 loss=task_loss(logits, labels).item(), n=len(labels))
 
-def evaluate(model:nn.Module, # a classifier
+def _qa_metrics(model, tokenizer, split, batch_size:int, max_length:int, progress:bool)->dict:
+    "SQuAD exact match and F1 (as fractions), the span loss and the number of questions `n` of an extractive QA model on a raw QA split."
+    from lightft.tasks import tokenize_qa, qa_predictions, squad_metrics
+    if "context" not in split.column_names:
+        raise ValueError("evaluate scores extractive QA on the raw split (id, question, context, answers), not on tokenized windows")
+    features = tokenize_qa(split, tokenizer, max_length=max_length, stride=qa_stride(max_length))
+    logits, _ = _all_logits(model, make_loader(features, tokenizer, batch_size), progress, pad_value=-1e4)
+    logits = without_padding(logits, _pad_lengths([torch.tensor([m]) for m in features["attention_mask"]], 0))   # padding is never an answer
+    starts, ends = torch.tensor(features["start_positions"]), torch.tensor(features["end_positions"])
+    loss = (F.cross_entropy(logits[..., 0], starts) + F.cross_entropy(logits[..., 1], ends)) / 2
+    best = qa_predictions(features, logits[..., 0].numpy(), logits[..., 1].numpy(), dict(zip(split["id"], split["context"])))
+    scores = squad_metrics([best[i]["text"] for i in split["id"]], split["answers"])
+    return dict(exact_match=scores["exact_match"] / 100, f1=scores["f1"] / 100, loss=loss.item(), n=len(split))
+
+def _translation_metrics(model, tokenizer, split, batch_size:int, max_length:int, progress:bool, generate:bool, max_new_tokens:int)->dict:
+    "Loss and perplexity of the reference translations (teacher forcing) and, with `generate`, chrF and BLEU of the model's own translations."
+    from lightft.tasks import tokenize_translation, translation_direction, translate, translation_metrics
+    if "translation" not in split.column_names:
+        raise ValueError("evaluate scores translation on the raw split (with its `translation` column), not on tokenized examples")
+    batch_size = min(batch_size, 16)                          # a language model's logits span the vocabulary: keep batches small
+    loader = make_loader(tokenize_translation(split, tokenizer, max_length=max_length), tokenizer, batch_size)
+    device, total, count = next(model.parameters()).device, 0.0, 0
+    with eval_mode(model), torch.no_grad():
+        for batch in tqdm(loader, desc="evaluate", disable=not progress, leave=False):
+            batch = {k: v.to(device) for k, v in batch.items()}
+            total += batch_loss(logits_of(model, batch).float(), batch, "translation", "sum").item()
+            count += labelled_count(batch, "translation")
+    out = dict(loss=total / count, perplexity=math.exp(total / count))
+    if generate:
+        direction = translation_direction(split)
+        hypotheses = translate(model, tokenizer, split["source"], direction, max_new_tokens=max_new_tokens, batch_size=batch_size)
+        out.update(translation_metrics(hypotheses, split["target"], target=direction.split("-")[1]))
+    return dict(out, n=len(split))
+
+KIND_METRICS = {"classification": ("accuracy", "macro_f1", "loss"), "token-classification": ("f1", "precision", "recall", "accuracy", "loss"),
+                "question-answering": ("f1", "exact_match", "loss"), "translation": ("loss", "chrf", "bleu")}   # the first: the default best_metric
+
+def evaluate(model:nn.Module, # a classifier, token classifier, extractive QA model or causal LM (chapter 9)
              tokenizer, # its tokenizer
-             split, # a `datasets.Dataset` with `text` and `label` (or already tokenized)
+             split, # a `datasets.Dataset` of a task from `load_task` (classification and tagging: or already tokenized)
              *,
              batch_size:int=64, # examples per batch
              max_length:int=128, # longer texts are truncated to this many tokens
              progress:bool=False, # show a progress bar
+             generate:bool=True, # translation: also translate the sources and score chrF and BLEU (slower than the loss alone)
+             max_new_tokens:int=96, # translation: longest generated translation, in tokens
             )->dict:
-    "Accuracy, macro-F1, mean cross-entropy loss and number of examples `n` of `model` on `split`; for a token classifier (chapter 9) entity precision, recall and F1 and token accuracy."
-    loader = make_loader(as_tokenized(split, tokenizer, max_length), tokenizer, batch_size)
+    "The metrics people report for the task's kind, with the loss and the number of examples `n`: accuracy and macro-F1; entity precision, recall and F1 and token accuracy (chapter 9); SQuAD exact match and F1; or chrF and BLEU."
+    kind = task_kind(split, model)
+    if kind == "question-answering": return _qa_metrics(model, tokenizer, split, batch_size, max_length, progress)
+    if kind == "translation": return _translation_metrics(model, tokenizer, split, batch_size, max_length, progress, generate, max_new_tokens)
+    loader = make_loader(as_tokenized(split, tokenizer, max_length, kind), tokenizer, batch_size)
     logits, labels = _all_logits(model, loader, progress)
     if logits.dim() == 3: return _token_metrics(model, logits, labels)
     return dict(**classification_metrics(logits.argmax(-1).numpy(), labels.numpy()),
@@ -322,7 +404,7 @@ def fit(model:nn.Module, # a classifier; only its trainable parameters (`require
         eval_batch_size:int=64, # examples per evaluation batch
         train_split:str="train", # split to train on
         train_subset:int|None=None, # train on a seeded random subset of this many examples
-        best_metric:str="accuracy", # "accuracy", "macro_f1" or "loss": what makes an epoch the best
+        best_metric:str|None=None, # what makes an epoch the best: one of `KIND_METRICS[kind]`; default the first (accuracy; entity or SQuAD F1; translation loss)
         restore_best:bool=True, # load the best epoch's trainable weights back at the end
         device:str|torch.device|None=None, # default: `get_device()`
         grad_accum:int=1, # split each batch into this many micro-batches, accumulating their gradients (same result, less memory)
@@ -332,10 +414,10 @@ def fit(model:nn.Module, # a classifier; only its trainable parameters (`require
     check_fit_settings(epochs=epochs, lr=lr, batch_size=batch_size, max_length=max_length, train_subset=train_subset,
                        grad_accum=grad_accum, precision=precision, eval_batch_size=eval_batch_size)
     if train_split not in data: raise KeyError(f"train_split={train_split!r} is not in the data (splits: {', '.join(data)})")
-    per_token = "ner_tags" in data[train_split].column_names     # tagged words (chapter 9): entity metrics
-    metrics_allowed = ("f1", "precision", "recall", "accuracy", "loss") if per_token else ("accuracy", "macro_f1", "loss")
-    if best_metric not in metrics_allowed:
-        raise ValueError(f"best_metric={best_metric!r}: for this task use one of {', '.join(map(repr, metrics_allowed))}")
+    kind = task_kind(data[train_split], model)                  # decided once: tokenisation, loss and metrics follow it
+    best_metric = best_metric or KIND_METRICS[kind][0]
+    if best_metric not in KIND_METRICS[kind]:
+        raise ValueError(f"best_metric={best_metric!r}: for a {kind} task use one of {', '.join(map(repr, KIND_METRICS[kind]))}")
     _check_labels(model, data[train_split], train_split)
 
     if eval_split is not None and eval_split not in data:
@@ -350,9 +432,11 @@ def fit(model:nn.Module, # a classifier; only its trainable parameters (`require
         progress = progress and accelerator.is_main_process
     if precision == "fp16" and device.type != "cuda": raise ValueError(f"fit: precision='fp16' needs a CUDA device (this run is on {device.type}); use 'bf16'")
     model.to(device)
-    train = as_tokenized(data[train_split], tokenizer, max_length)
-    if train_subset is not None: train = train.shuffle(seed=seed).select(range(min(train_subset, len(train))))
-    held_out = as_tokenized(data[eval_split], tokenizer, max_length) if eval_split is not None else None
+    train = data[train_split]
+    if train_subset is not None: train = train.shuffle(seed=seed).select(range(min(train_subset, len(train))))   # examples, before tokenizing
+    train = as_tokenized(train, tokenizer, max_length, kind)
+    held_out = None if eval_split is None else (data[eval_split] if kind in ("question-answering", "translation")   # scored on the raw split
+                                                else as_tokenized(data[eval_split], tokenizer, max_length, kind))
     loader = make_loader(train, tokenizer, batch_size // grad_accum, shuffle=True, seed=seed)
     steps_per_epoch = math.ceil(len(loader) / grad_accum)
     total_steps = epochs * steps_per_epoch
@@ -363,7 +447,7 @@ def fit(model:nn.Module, # a classifier; only its trainable parameters (`require
     hist = History(best_metric=best_metric, trainable=report.trainable, total=report.total,
                    config=dict(epochs=epochs, lr=lr, batch_size=batch_size, warmup_ratio=warmup_ratio, weight_decay=weight_decay,
                                max_length=max_length, seed=seed, eval_split=eval_split, max_grad_norm=max_grad_norm,
-                               grad_accum=grad_accum, precision=precision, processes=accelerator.num_processes if accelerator else 1,
+                               grad_accum=grad_accum, precision=precision, kind=kind, processes=accelerator.num_processes if accelerator else 1,
                                train_examples=len(train), total_steps=total_steps,
                                warmup_steps=warmup_steps_for(total_steps, warmup_ratio), device=str(device)))
     best_score, best_state, step, cpu_start = None, None, 0, time.process_time()
@@ -380,12 +464,12 @@ def fit(model:nn.Module, # a classifier; only its trainable parameters (`require
                 for _ in range(steps_per_epoch):
                     start = time.perf_counter()
                     group = [{k: v.to(device) for k, v in b.items()} for b in itertools.islice(micro_batches, grad_accum)]
-                    labelled = sum(int((b["labels"] != -100).sum()) for b in group) if len(group) > 1 else None   # examples (or tokens)
+                    labelled = sum(labelled_count(b, kind) for b in group) if len(group) > 1 else None   # examples (or tokens)
                     loss = 0.0
                     for batch in group:                         # one micro-batch, unless grad_accum > 1
                         with autocast(device, precision): logits = logits_of(model, batch)
-                        part = (task_loss(logits.float(), batch["labels"]) if labelled is None else
-                                task_loss(logits.float(), batch["labels"], reduction="sum") / labelled)   # the mean over the whole batch
+                        part = (batch_loss(logits.float(), batch, kind) if labelled is None else
+                                batch_loss(logits.float(), batch, kind, reduction="sum") / labelled)   # the mean over the whole batch
                         if accelerator is not None: accelerator.backward(part)
                         else: (scaler.scale(part) if scaler else part).backward()
                         loss = loss + part.detach()
@@ -404,7 +488,8 @@ def fit(model:nn.Module, # a classifier; only its trainable parameters (`require
                     bar.update(); bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr_now:.2e}")
                 record = dict(epoch=epoch, step=step, train_loss=float(np.mean(epoch_losses)))
                 if held_out is not None:
-                    metrics = evaluate(raw_model, tokenizer, held_out, batch_size=eval_batch_size, max_length=max_length, progress=progress)
+                    metrics = evaluate(raw_model, tokenizer, held_out, batch_size=eval_batch_size, max_length=max_length, progress=progress,
+                                       generate=best_metric in ("chrf", "bleu"))     # translating every epoch only when it chooses the epoch
                     record.update({f"eval_{k}": v for k, v in metrics.items()})
                     if _is_better(metrics[best_metric], best_score, best_metric):
                         best_score, hist.best_epoch = metrics[best_metric], epoch

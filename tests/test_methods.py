@@ -243,3 +243,55 @@ def test_every_method_on_every_task_kind(name, kind, tmp_path):
     assert torch.equal(kind_outputs(model, kind), kind_outputs(restored, kind))
     with pytest.raises(ValueError, match="different base model"): load_trainable(kind_model(kind, seed=7), tmp_path / "c.safetensors")
     _same_as_base(remove_method(apply_method(kind_model(kind), name)), kind_model(kind))
+
+
+# ---- and on a causal language model (chapter 9's translation): a tiny Llama, the architecture of SmolLM2 -------------
+from transformers import LlamaConfig, LlamaForCausalLM
+
+LLAMA = LlamaConfig(vocab_size=60, hidden_size=32, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2,
+                    intermediate_size=48, max_position_embeddings=64, tie_word_embeddings=True)
+REFUSED_ON_CAUSAL_LM = {"head": "no new task head", "bitfit": "no bias terms", "houlsby": "BERT-style",
+                        "pfeiffer": "BERT-style", "prefix": "BERT-style"}
+
+
+def llama(seed=0):
+    set_seed(seed)
+    return LlamaForCausalLM(LLAMA)
+
+
+def lm_batch(seed=1):
+    ids = batch(seed)["input_ids"]
+    labels = ids.clone(); labels[:, :4] = -100                     # the prompt has no labels
+    return dict(input_ids=ids, attention_mask=torch.ones_like(ids), labels=labels)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_method_on_a_causal_language_model(name, tmp_path):
+    "Each method either runs the whole table on a causal LM, or is refused with its reason and leaves the model as it was."
+    model = llama()
+    assert model_parts(model)["head"] == {}                          # lm_head is the pretrained output layer, not a task head
+    if name in REFUSED_ON_CAUSAL_LM:
+        with pytest.raises((ValueError, TypeError), match=REFUSED_ON_CAUSAL_LM[name]): apply_method(model, name)
+        _same_as_base(model, llama()); assert current_method(model) is None
+        assert all(p.requires_grad for p in model.parameters())
+        return
+    apply_method(model, name)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert model.get_output_embeddings().weight.requires_grad == (name == "full")   # only full fine-tuning retrains the LM head
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    model.train(); model(**lm_batch()).loss.backward(); opt.step(); model.eval()
+    for n, p in model.named_parameters():
+        assert torch.equal(p, before[n]) != (n in trainable), f"{name}: {n}"
+    save_trainable(model, tmp_path / "c.safetensors")
+    restored = load_trainable(llama(), tmp_path / "c.safetensors").eval()
+    x = {k: v for k, v in lm_batch(2).items() if k != "labels"}
+    with torch.no_grad(): assert torch.equal(model(**x).logits, restored(**x).logits)
+    with pytest.raises(ValueError, match="different base model"): load_trainable(llama(seed=7), tmp_path / "c.safetensors")
+    _same_as_base(remove_method(apply_method(llama(), name)), llama())
+
+
+def test_lora_finds_the_query_and_value_projections_of_a_llama():
+    from lightft.lora import lora_layers
+    assert sorted({n.rsplit(".", 1)[-1] for n in lora_layers(apply_method(llama(), "lora"))}) == ["q_proj", "v_proj"]
+    with pytest.raises(ValueError, match="no nn.Linear layer matches"): apply_method(llama(), "lora", targets=["query_key"])

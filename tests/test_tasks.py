@@ -471,3 +471,51 @@ def test_translate_generates_strings_and_batching_changes_nothing(lm_tokenizer):
     generated = model.generate(prompt, max_new_tokens=1, do_sample=False, pad_token_id=lm_tokenizer.pad_token_id)
     assert generated[0, -1].item() == first
     with pytest.raises(ValueError, match="direction must be one of"): translate(model, lm_tokenizer, "x", direction="en-fr")
+
+
+def test_to_iob2_reads_iobes():
+    assert to_iob2(["S-PER", "O", "B-ORG", "I-ORG", "E-ORG", "S-LOC", "S-LOC"]) == ["B-PER", "O", "B-ORG", "I-ORG", "I-ORG", "B-LOC", "B-LOC"]
+    with pytest.raises(ValueError, match="'X-PER' is not a tag"): to_iob2(["X-PER"])
+
+
+def test_any_conll_format_with_its_own_entity_types(tmp_path):
+    from lightft.tasks import split_of
+    assert [split_of(n) for n in ("eng.testa", "esp.testb", "wnut17train.conll", "emerging.dev.conll", "test.txt", "README")] == \
+           ["validation", "test", "train", "validation", "test", None]
+    (tmp_path / "wnut17train.conll").write_text("@paul\tB-person\nwent\tO\nto\tO\nNew\tB-location\nYork\tI-location\n\n"
+                                                "Star\tB-creative-work\nWars\tI-creative-work\n\n")
+    (tmp_path / "emerging.dev.conll").write_text("-DOCSTART-\tO\n\nParis\tS-location\nHilton\tO\n")          # IOBES too
+    (tmp_path / "notes.md").write_text("not data")
+    data = load_task("conll", data_dir=tmp_path)
+    assert list(data) == ["train", "validation"]
+    names = data["train"].features["ner_tags"].feature.names
+    assert names == ["O", "B-creative-work", "I-creative-work", "B-location", "I-location", "B-person", "I-person"]
+    assert [[names[i] for i in s] for s in data["train"]["ner_tags"]] == [["B-person", "O", "O", "B-location", "I-location"],
+                                                                          ["B-creative-work", "I-creative-work"]]
+    assert [[names[i] for i in s] for s in data["validation"]["ner_tags"]] == [["B-location", "O"]]
+    (tmp_path / "train.txt").write_text("a O\n")
+    with pytest.raises(ValueError, match="2 files look like the 'train' split"): load_task("conll", data_dir=tmp_path)
+    (tmp_path / "train.txt").unlink()
+    (tmp_path / "emerging.dev.conll").write_text("Paris\tB_location\n")
+    with pytest.raises(ValueError, match="emerging.dev.conll, line 1: NER tag 'B_location'"): load_task("conll", data_dir=tmp_path)
+    empty = tmp_path / "empty"; empty.mkdir()
+    with pytest.raises(FileNotFoundError, match="no file whose name has train"): load_task("conll", data_dir=empty)
+
+
+def test_parallel_text_files(tmp_path):
+    from lightft.tasks import read_parallel
+    (tmp_path / "train.en").write_text("Good morning.\nThank you.\n\nSee you.\n")
+    (tmp_path / "train.zh").write_text("早上好。\n谢谢。\n\n再见。\n")
+    (tmp_path / "newstest.en").write_text("It rains.\n"); (tmp_path / "newstest.zh").write_text("下雨了。\n")
+    assert read_parallel(tmp_path / "train.en", tmp_path / "train.zh") == [("Good morning.", "早上好。"), ("Thank you.", "谢谢。"), ("See you.", "再见。")]
+    data = load_task("parallel", data_dir=tmp_path, direction="zh-en")
+    assert list(data) == ["train", "test"] and data["test"][0]["source"] == "下雨了。" and translation_direction(data) == "zh-en"
+    (tmp_path / "newstest.zh").write_text("下雨了。\n多余的一行。\n")
+    with pytest.raises(ValueError, match="newstest.en has 1 lines but .*newstest.zh has 2"): load_task("parallel", data_dir=tmp_path)
+    one = tmp_path / "one"; one.mkdir()
+    (one / "corpus.en").write_text("".join(f"Sentence {i}.\n" for i in range(100)))
+    (one / "corpus.zh").write_text("".join(f"第{i}句。\n" for i in range(100)))
+    drawn = load_task("parallel", data_dir=one)
+    assert {k: v.num_rows for k, v in drawn.items()} == {"train": 80, "validation": 7, "test": 13}
+    empty = tmp_path / "empty"; empty.mkdir()
+    with pytest.raises(FileNotFoundError, match="no pair of line-aligned files"): load_task("parallel", data_dir=empty)

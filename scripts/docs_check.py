@@ -9,7 +9,7 @@ Quarto cannot be installed offline, so this script
 5. typesets the math of every page offline with KaTeX (npm package, cached in ~/.cache/lightft) in Chromium;
 6. fails if a page has an error output or a traceback, a missing image, a broken link between pages, a formula
    that does not typeset or raw TeX left in its prose, and if a hidden-source (`#| echo: false`) cell prints prose.
-It installs what it needs when missing: Debian's chromium and fonts-noto-color-emoji (the 🤗 of the text), KaTeX.
+It installs what it needs when missing: Debian's chromium, fonts-noto-color-emoji (the 🤗 of the text) and fonts-wqy-zenhei (the Chinese of the glossary), KaTeX.
 Run it with `make docs-check`.
 """
 from __future__ import annotations
@@ -290,20 +290,24 @@ def ensure_chromium() -> str:
     return shutil.which("chromium")
 
 
-def emoji_fonts() -> list[str]:
-    "Installed fonts with a glyph for 🤗 (U+1F917), as fontconfig — and so Chromium — sees them."
+GLYPHS = {"1f917": ("the 🤗 emoji", "fonts-noto-color-emoji"),            # code point: what it stands for, the Debian font with it
+          "4e2d": ("Chinese characters (中)", "fonts-wqy-zenhei")}         # the glossary and the chapters' 本章要点
+
+
+def fonts_with(codepoint: str) -> list[str]:
+    "Installed fonts with a glyph for `codepoint` (hex, e.g. '1f917'), as fontconfig — and so Chromium — sees them."
     if not shutil.which("fc-list"): return []                    # Chromium needs only the library, not the tools
-    r = subprocess.run(["fc-list", ":charset=1f917", "family"], capture_output=True, text=True)
+    r = subprocess.run(["fc-list", f":charset={codepoint}", "family"], capture_output=True, text=True)
     return sorted(set(r.stdout.split("\n")) - {""})
 
 
-def ensure_emoji_font() -> list[str]:
-    "Without a colour emoji font, the course's 🤗 shows as a missing-glyph box."
-    fonts = emoji_fonts()
-    if fonts: return fonts
-    _apt_install(["fonts-noto-color-emoji", "fontconfig"], "A font with emoji")
-    subprocess.run(["fc-cache", "-f"], check=False, stdout=subprocess.DEVNULL)
-    return emoji_fonts()
+def ensure_fonts() -> list[str]:
+    "Install the fonts the pages need (`GLYPHS`) when missing; returns a problem for each glyph still without a font."
+    missing = [cp for cp in GLYPHS if not fonts_with(cp)]
+    if missing:
+        _apt_install([GLYPHS[cp][1] for cp in missing] + ["fontconfig"], "Fonts for " + " and ".join(GLYPHS[cp][0] for cp in missing))
+        subprocess.run(["fc-cache", "-f"], check=False, stdout=subprocess.DEVNULL)
+    return [f"no installed font has {GLYPHS[cp][0]}: screenshots show missing-glyph boxes" for cp in GLYPHS if not fonts_with(cp)]
 
 
 def ensure_katex() -> Path:
@@ -381,8 +385,8 @@ def main(argv=None) -> int:
             time.sleep(0.1)
         problems += link_problems(site, base)
         if not args.no_browser:
-            chromium, fonts = ensure_chromium(), ensure_emoji_font()
-            if not fonts: problems.append("no installed font has the 🤗 emoji: screenshots show a missing-glyph box")
+            chromium = ensure_chromium()
+            problems += ensure_fonts()
             formulas = {}
             for html_name in sorted(set(names.values())):
                 err = screenshot(chromium, base + html_name, shots / html_name.replace(".html", ".png"))

@@ -13,13 +13,14 @@ export TOKENIZERS_PARALLELISM := false
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export MPLBACKEND := Agg
 
-.PHONY: demo test venv lab docs docs-check bench test-slow export clean help
+.PHONY: demo test venv lab docs docs-check bench test-slow export clean help student
 
 help:
 	@echo "make demo        build .venv and run the main command: lightft compare --quick"
 	@echo "make test        export check, clean check, nbdev-test, pytest, docs check"
 	@echo "make test-slow   the class-length path: nbdev-test --flags slow, pytest --slow"
 	@echo "make lab         JupyterLab on nbs/"
+	@echo "make student     student copies of the notebooks (solutions stubbed) in student/nbs/"
 	@echo "make docs        full Quarto site (needs Quarto)"
 	@echo "make docs-check  offline docs check: nbconvert + headless Chromium"
 	@echo "make bench       benchmarks in bench/"
@@ -49,6 +50,10 @@ test-slow: $(STAMP)
 export: $(STAMP)
 	$(BIN)/nbdev-export
 	$(BIN)/nbdev-clean
+
+student: $(STAMP)
+	@# each chapter's solution cells become stubs (raise NotImplementedError / ...); tests/test_exercises.py checks both ways
+	$(BIN)/python -c "from lightft.exercises import make_student; [print('wrote', p) for p in make_student('nbs', 'student/nbs')]"
 
 lab: $(STAMP)
 	$(BIN)/jupyter lab nbs

@@ -342,3 +342,32 @@ def write_results(rows:list, # rows from `compare`
     fig = plot_results(rows, out / "results.png")
     import matplotlib.pyplot as plt; plt.close(fig)
     return [out / "results.csv", out / "results.json", out / "results.png"]
+
+# %% ../nbs/05b_compare.ipynb #b377df1b
+from .exercises import exercise, expect_close
+
+# %% ../nbs/05b_compare.ipynb #c6dda40b
+@exercise("accuracy_standard_error", "05b_compare", "write accuracy_standard_error(accuracy, n): the standard error of an accuracy measured on n independent examples",
+          hint="each example is a coin flip that comes up 'right' with probability p: the standard error of the mean is sqrt(p * (1 - p) / n)")
+def _check_accuracy_standard_error(accuracy_standard_error):
+    for p, n in ((0.938, 480), (0.5, 100), (0.99, 10_000), (1.0, 20)):
+        expect_close(accuracy_standard_error(p, n), math.sqrt(p * (1 - p) / n), f"the standard error of accuracy {p} on {n} examples")
+
+@exercise("mcnemar", "05b_compare", "write mcnemar_p(labels, preds_a, preds_b): the exact two-sided McNemar p-value that two classifiers are equally accurate on the same examples",
+          hint="only the examples where exactly one of the two is right count: with b (only A right) and c (only B right), the p-value is "
+               "min(1, 2 * P(X <= min(b, c))) for X ~ Binomial(b + c, 1/2); 1.0 when b + c == 0")
+def _check_mcnemar(mcnemar_p):
+    from scipy.stats import binomtest
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 480)
+    cases = [(np.where(rng.random(480) < 0.93, labels, 1 - labels), np.where(rng.random(480) < 0.90, labels, 1 - labels)),
+             (labels.copy(), np.where(np.arange(480) < 12, 1 - labels, labels)), (labels.copy(), labels.copy())]
+    for k, (a, b) in enumerate(cases):
+        only_a, only_b = int(((a == labels) & (b != labels)).sum()), int(((a != labels) & (b == labels)).sum())
+        want = 1.0 if only_a + only_b == 0 else binomtest(min(only_a, only_b), only_a + only_b, 0.5).pvalue
+        expect_close(mcnemar_p(labels, a, b), want, f"the p-value of case {k + 1} ({only_a} examples only A gets right, {only_b} only B)")
+
+@exercise("noise_floor", "05b_compare", "predict: the standard error, in accuracy points, of full fine-tuning's 93.8% on the 480 test reviews",
+          hint="sqrt(p (1 - p) / n) with p = 0.938 and n = 480, times 100 for points")
+def _check_noise_floor(points):
+    expect_close(points, 100 * math.sqrt(0.938 * 0.062 / 480), "the standard error in points (within 0.05)", atol=0.05, rtol=0)

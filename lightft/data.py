@@ -501,3 +501,29 @@ class PadCollator:
                 batch[name] = torch.tensor([self._pad(list(v), longest, self.pad.get(key, 0)) for v in values])
             else: batch[name] = torch.tensor(values)          # one label (or number) per example
         return batch
+
+# %% ../nbs/03_data.ipynb #3ca54880
+from .exercises import exercise, expect_close, expect_equal, ExerciseError
+
+# %% ../nbs/03_data.ipynb #fcaa2a90
+@exercise("pad_batch", "03_data", "write pad_batch(sequences, pad_id): pad token-id lists on the right to the longest, with an attention mask of 1s (tokens) and 0s (padding)",
+          hint="find the longest length first; each row is its ids plus [pad_id] * (longest - len(ids)), its mask [1] * len(ids) plus [0] * the same")
+def _check_pad_batch(pad_batch):
+    sequences = [[101, 7, 102], [101, 5, 6, 8, 9, 102], [101, 102]]
+    out = pad_batch(sequences, 0)
+    if not isinstance(out, dict) or set(out) != {"input_ids", "attention_mask"}:
+        raise ExerciseError(f"expected a dict with input_ids and attention_mask, got {type(out).__name__}" + (f" with keys {sorted(out)}" if isinstance(out, dict) else ""))
+    expect_equal([list(map(int, r)) for r in out["input_ids"]], [[101, 7, 102, 0, 0, 0], [101, 5, 6, 8, 9, 102], [101, 102, 0, 0, 0, 0]], "input_ids")
+    expect_equal([list(map(int, r)) for r in out["attention_mask"]], [[1, 1, 1, 0, 0, 0], [1] * 6, [1, 1, 0, 0, 0, 0]], "attention_mask")
+    expect_equal([list(map(int, r)) for r in pad_batch([[3, 4]], 9)["input_ids"]], [[3, 4]], "input_ids of a batch of one (nothing to pad)")
+
+@exercise("jaccard", "03_data", "write jaccard(a, b): the size of the intersection of two sets over the size of their union (0 for two empty sets)",
+          hint="len(a & b) / len(a | b) — and guard the division when both sets are empty")
+def _check_jaccard(jaccard_similarity):
+    for a, b in (({"a", "b"}, {"b", "c"}), ({"x"}, {"x"}), (set(), {"y"}), (set(), set()), ({1, 2, 3, 4}, {3, 4, 5})):
+        expect_close(jaccard_similarity(a, b), jaccard(a, b), f"jaccard({a or 'set()'}, {b or 'set()'})")
+
+@exercise("fixed_padding", "03_data", "predict how many token positions one epoch over the 1,680 training reviews processes when every review is padded to 128 tokens",
+          hint="padding to a fixed length makes every review the same size: reviews × length")
+def _check_fixed_padding(positions):
+    expect_close(positions, len(load_task("sentiment", split="train")) * 128, "positions per epoch with fixed padding to 128", atol=0, rtol=0)

@@ -952,3 +952,25 @@ def translate(model, # a causal language model
             out += [s.split("\n")[0].strip() for s in decoded] if first_line else decoded
     finally: model.train(was_training)
     return out[0] if single else out
+
+# %% ../nbs/09_tasks.ipynb #bbdf12bc
+from .exercises import exercise, expect_equal, expect_close, ExerciseError
+
+# %% ../nbs/09_tasks.ipynb #952bee77
+@exercise("entity_spans", "09_tasks", "write entity_spans(tags): the entities of an IOB2 tag sequence as (type, first, last) word positions",
+          hint="an entity starts at a B- tag and continues over the I- tags of the same type that follow it; close it at anything else")
+def _check_entity_spans(entity_spans):
+    cases = [["B-PER", "I-PER", "O", "B-LOC"], ["B-ORG", "I-ORG", "I-ORG"], ["B-PER", "B-PER", "O"], ["O", "O"], ["B-LOC", "I-LOC", "B-ORG", "I-ORG", "O", "B-MISC"]]
+    for tags in cases: expect_equal([tuple(e) for e in entity_spans(tags)], [tuple(e) for e in get_entities(tags)], f"the entities of {tags}")
+
+@exercise("first_subtoken_labels", "09_tasks", "write first_subtoken_labels(word_ids, word_labels): each word's label on its first sub-token, -100 on the other sub-tokens and on special tokens",
+          hint="walk the tokens remembering the previous word id: a token whose word id is None, or equal to the previous one, gets -100")
+def _check_first_subtoken_labels(first_subtoken_labels):
+    for word_ids, labels in (([None, 0, 1, 1, 2, None], [3, 0, 5]), ([None, 0, 0, 0, None], [1]), ([None, None], [])):
+        expect_equal(list(first_subtoken_labels(word_ids, labels)), align_labels(word_ids, labels), f"the token labels for word_ids {word_ids}")
+
+@exercise("squad_f1", "09_tasks", "write answer_f1(prediction, gold): SQuAD's word-overlap F1 of one predicted answer against one gold answer, after normalize_answer",
+          hint="normalise both (normalize_answer), split into words, count the common words with Counter intersection; precision = common / predicted words, recall = common / gold words")
+def _check_squad_f1(answer_f1):
+    for pred, gold in (("the Louvre in Paris", "Louvre"), ("in Paris", "the Louvre in Paris"), ("Paris", "Paris!"), ("Rome", "Paris"), ("a a b", "a b b")):
+        expect_close(answer_f1(pred, gold), squad_f1(pred, [gold]), f"answer_f1({pred!r}, {gold!r})")

@@ -516,3 +516,43 @@ def sample_splits(data, # a `DatasetDict` (or a dict of splits)
     if unknown: raise KeyError(f"sample_splits: no split {', '.join(map(repr, unknown))} in the data (splits: {', '.join(data)})")
     return DatasetDict({name: split.shuffle(seed=seed).select(range(min(sizes[name], len(split)))) if name in sizes else split
                         for name, split in data.items()})
+
+# %% ../nbs/04_finetuning.ipynb #23fb3ba1
+from .exercises import exercise, expect_close
+
+# %% ../nbs/04_finetuning.ipynb #7bd9d744
+@exercise("cross_entropy", "04_finetuning", "write cross_entropy(logits, labels): the mean of -log softmax(logits)[label], stable for large logits",
+          hint="subtract each row's maximum before exponentiating (the log-sum-exp trick), then pick each label's log-probability")
+def _check_cross_entropy(cross_entropy):
+    g = torch.Generator().manual_seed(0)
+    logits, labels = torch.randn(6, 3, generator=g), torch.tensor([0, 2, 1, 1, 0, 2])
+    expect_close(cross_entropy(logits, labels), F.cross_entropy(logits, labels), "the loss on random logits")
+    expect_close(cross_entropy(1000 * logits, labels), F.cross_entropy(1000 * logits, labels), "the loss on logits of about ±1000 (does exp overflow?)")
+
+@exercise("warmup_schedule", "04_finetuning", "write lr_multiplier(step, total_steps, warmup_steps): linear warmup from 0 to 1, then linear decay to 0",
+          hint="two straight lines: step / warmup_steps while warming up, then (total_steps - step) / (total_steps - warmup_steps), never below 0")
+def _check_warmup_schedule(lr_multiplier):
+    for total, warmup in ((100, 10), (30, 3), (5, 1)):
+        expect_close([lr_multiplier(s, total, warmup) for s in range(total + 2)], [linear_warmup_decay(s, total, warmup) for s in range(total + 2)],
+                     f"the multipliers of steps 0..{total + 1} for total_steps={total}, warmup_steps={warmup}")
+
+@exercise("clip_global_norm", "04_finetuning", "write clip_global_norm(grads, max_norm): scale all gradients together so that their joint L2 norm is at most max_norm; return the norm before clipping",
+          hint="the global norm is the square root of the sum of all gradients' squared entries; multiply every gradient by max_norm / norm, and only when norm > max_norm")
+def _check_clip_global_norm(clip_global_norm):
+    g = torch.Generator().manual_seed(1)
+    for size in (0.01, 10.0):
+        grads = [torch.randn(4, 3, generator=g) * size, torch.randn(5, generator=g) * size]
+        params = [torch.zeros_like(x, requires_grad=True) for x in grads]
+        for p, x in zip(params, grads): p.grad = x.clone()
+        norm = nn.utils.clip_grad_norm_(params, 1.0)
+        mine = [x.clone() for x in grads]
+        expect_close(clip_global_norm(mine, 1.0), norm, f"the returned norm (gradients of size about {size})")
+        for i, (a, p) in enumerate(zip(mine, params)): expect_close(a, p.grad, f"gradient {i} after clipping (gradients of size about {size})")
+
+@exercise("adamw_memory", "04_finetuning", "predict the MiB that full fine-tuning of all-MiniLM-L6-v2 (with its 2-class head) needs for weights, gradients and AdamW's two moments in fp32, before any activation",
+          hint="count the parameters (param_report(model).total), then 4 bytes for each of: the weight, its gradient, AdamW's first and second moment; 1 MiB = 2**20 bytes")
+def _check_adamw_memory(mib):
+    from transformers import BertConfig, BertModel
+    from lightft.models import MINILM_L6_CONFIG
+    n = sum(p.numel() for p in BertModel(BertConfig(**MINILM_L6_CONFIG), add_pooling_layer=False).parameters()) + 384 * 2 + 2
+    expect_close(mib, 16 * n / 2**20, "the memory in MiB (within 2%)", atol=0, rtol=0.02)

@@ -57,3 +57,16 @@ def test_compare_on_named_entities(tmp_path):
             "--max-length", "32", "--out", str(tmp_path))
     assert r.returncode == 0, r.stderr
     assert "test F1 %" in r.stdout and "challenge F1 %" in r.stdout and "tfidf" not in r.stdout
+
+
+def test_compare_on_extractive_qa(tmp_path):
+    r = run("compare", "--model", "tiny-bert", "--task", "qa", "--methods", "head", "--epochs", "1", "--train-subset", "24",
+            "--max-length", "96", "--out", str(tmp_path))
+    assert r.returncode == 0, r.stderr
+    assert "test EM %" in r.stdout and "test F1 %" in r.stdout
+    assert json.loads((tmp_path / "results.json").read_text())["rows"][0]["test_f1"] >= 0
+
+
+def test_direction_is_for_translation_only(tmp_path):
+    r = run("compare", "--model", "tiny-bert", "--methods", "head", "--direction", "zh-en", "--out", str(tmp_path))
+    assert r.returncode == 1 and "direction applies to translation tasks" in r.stderr and len(r.stderr.strip().splitlines()) == 1

@@ -100,7 +100,8 @@ def _cmd_compare(args)->int:
     settings = {k: v for k, v in dict(lr=args.lr, batch_size=args.batch_size, max_length=args.max_length, train_subset=args.train_subset,
                                       grad_accum=args.grad_accum, precision=args.precision, device=args.device).items() if v is not None}
     rows = compare(args.model, args.task, methods, options=options, epochs=args.epochs, quick=args.quick, seed=args.seed,
-                   seeds=args.seeds, data_dir=args.data_dir, direction=args.direction, baseline=not args.no_baseline, **settings)
+                   seeds=args.seeds, data_dir=args.data_dir, direction=args.direction, baseline=not args.no_baseline,
+                   attacks=args.attack, attack_n=args.attack_n, **settings)
     print(); print(format_table(rows))
     for path in write_results(rows, args.out): print(f"wrote {path}")
     return 0 if any(r["trainable"] for r in rows) else 130   # 130: interrupted before any method finished (baselines train nothing)
@@ -138,12 +139,15 @@ def build_parser()->argparse.ArgumentParser:
                                 "  lightft compare --task sst2 --data-dir path/to/SST-2 --train-subset 2000\n"
                                 "  lightft compare --task ner --methods full,bitfit,lora --epochs 5 --batch-size 16\n"
                                 "  lightft compare --task qa --methods full,lora --max-length 192 --batch-size 16\n"
+                                "  lightft compare --methods full,lora --attack deepwordbug,textfooler --attack-n 50\n"
                                 "  lightft compare --model smollm2-135m --task translation --direction zh-en --methods lora --train-subset 400")
     cmp.add_argument("--model", default="minilm-l6", help="model: minilm-l6, tiny-bert, a folder or a hub id (default: minilm-l6)")
     cmp.add_argument("--task", default="sentiment", help="task: sentiment, sst2, imdb, yelp_polarity, amazon_polarity, rotten_tomatoes (classification); ner, conll2003, conll "
                      "(named entities); qa, squad (extractive QA); translation, tatoeba, parallel (EN-ZH, with a causal LM such as smollm2-135m); "
                      "all but sentiment, ner, qa and translation read your files from --data-dir (default: sentiment)")
     cmp.add_argument("--direction", choices=["en-zh", "zh-en"], default=None, help="translation tasks: which language is the source (default: en-zh)")
+    cmp.add_argument("--attack", default=None, metavar="RECIPES", help="classification: attack every trained model, e.g. deepwordbug,textfooler (chapter 10); adds accuracy-under-attack columns")
+    cmp.add_argument("--attack-n", type=_whole_number(1), default=100, help="test examples each attack tries (default: 100)")
     cmp.add_argument("--methods", default="full,head,bitfit", help="comma-separated method names (default: full,head,bitfit); see --list")
     cmp.add_argument("--epochs", type=_whole_number(1), default=None, help="passes over the training data (default: 3, or 2 with --quick)")
     cmp.add_argument("--quick", action="store_true", help="the quick preset: 2 epochs, 64 tokens (minutes on a laptop CPU)")

@@ -56,8 +56,10 @@ def run_method(model_name:str, # a name for `load_plm`: "minilm-l6", "tiny-bert"
                grad_accum:int=1, # micro-batches per optimizer step (see `fit`)
                precision:str="fp32", # "fp32", "bf16" or "fp16" (see `fit`)
                device:str|None=None, # "cpu", "cuda", ...; default: `get_device()`
+               attacks:list|str|None=None, # classification: adversarial attacks on the trained model (chapter 10), e.g. ["deepwordbug", "textfooler"]
+               attack_n:int=100, # attack a seeded subset of this many report-split examples
               )->dict:
-    "Train `method` on `model_name` with `data` and measure it: one row of the results table, with the metrics of the task's kind (`REPORTED`)."
+    "Train `method` on `model_name` with `data` and measure it: one row of the results table, with the metrics of the task's kind (`REPORTED`) and, with `attacks`, accuracy under each attack."
     spec, defaults = get_method(method)
     options = dict(options or {})
     spec.check_options({**defaults, **options})        # bad options fail here, before a model is loaded
@@ -79,6 +81,9 @@ def run_method(model_name:str, # a name for `load_plm`: "minilm-l6", "tiny-bert"
     if "challenge" in data: results["challenge"] = evaluate(model, tokenizer, data["challenge"], max_length=max_length)
     for split, r in results.items():
         for key in REPORTED[kind]: row[f"{split}_{key}"] = round(r[key], 4)
+    if attacks:                                                 # chapter 10: accuracy under attack, on a seeded subset
+        from lightft.robust import attack_row
+        row.update(attack_row(model, tokenizer, data[report_split], attacks, n=attack_n, seed=seed))
     with tempfile.TemporaryDirectory() as d: row["checkpoint_bytes"] = save_trainable(model, Path(d) / "trained.safetensors")
     row.update(train_seconds=round(history.train_seconds, 1), seconds_per_step=round(history.seconds_per_step, 3),
                peak_mb=round(history.peak_mb, 1))
@@ -194,6 +199,8 @@ def compare(model:str="minilm-l6", # a name for `load_plm`
             seed:int=0, # the same seed for every method
             data_dir:str|None=None, # read the task from this folder (see `load_task`)
             direction:str|None=None, # translation tasks: "en-zh" (default) or "zh-en"
+            attacks:list|str|None=None, # classification: attack every trained model (chapter 10), e.g. "deepwordbug,textfooler"
+            attack_n:int=100, # how many report-split examples each attack tries
             baseline:bool=True, # add the baseline rows: TF-IDF + logistic regression (classification); zero- and 4-shot prompting (translation)
             isolate:bool=True, # run each method in a fresh process, so its peak memory is its own
             progress:bool=True, # progress bars
@@ -220,6 +227,14 @@ def compare(model:str="minilm-l6", # a name for `load_plm`
         if k is not None and layers is not None and k > layers:
             raise ValueError(f"{name}: top-k with k={k}, but {model} has {layers} encoder layers: choose 0 <= k <= {layers}")
     if direction is not None and kind != "translation": raise ValueError(f"direction applies to translation tasks; {task!r} is a {kind} task")
+    if isinstance(attacks, str): attacks = [a.strip() for a in attacks.split(",") if a.strip()]
+    if attacks:
+        from lightft.robust import RECIPES
+        if kind != "classification": raise ValueError(f"attacks change words of a text to flip its label: classification tasks only; {task!r} is a {kind} task")
+        unknown = [a for a in attacks if a not in RECIPES]
+        if unknown: raise ValueError(f"unknown attack {', '.join(map(repr, unknown))}; attacks: {', '.join(RECIPES)}")
+        if isinstance(attack_n, bool) or not isinstance(attack_n, int) or attack_n < 1: raise ValueError(f"attack_n must be a whole number >= 1, got {attack_n!r}")
+        settings = {**settings, "attacks": attacks, "attack_n": attack_n}
     data = load_task(task, data_dir=data_dir, **({"direction": direction} if direction else {}))
     seeds = [seed] if seeds is None else list(seeds)
     if not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds): raise ValueError(f"seeds must be whole numbers, got {seeds!r}")
@@ -277,6 +292,8 @@ def _columns(rows):
     cols = [("method", "method", "str"), ("trainable", "trainable", "int"), ("% trainable", "pct_trainable", "str")]
     cols += [(f"{report} {HEADLINE[m][0]}", f"{report}_{m}", HEADLINE[m][1]) for m in metrics]
     cols += [(f"challenge {HEADLINE[m][0]}", f"challenge_{m}", HEADLINE[m][1]) for m in metrics if any(f"challenge_{m}" in r for r in rows)]
+    attacks = dict.fromkeys(k[len("attack_"):-len("_accuracy")] for r in rows for k in r if k.startswith("attack_") and k.endswith("_accuracy"))
+    cols += [(f"{a} acc %", f"attack_{a}_accuracy", "pct") for a in attacks]           # accuracy under attack (chapter 10)
     cols += [("train s", "train_seconds", "str"), ("s/step", "seconds_per_step", "str"), ("peak MiB", "peak_mb", "str"),
              ("checkpoint", "checkpoint_bytes", "bytes")]
     return cols

@@ -70,3 +70,19 @@ def test_compare_on_extractive_qa(tmp_path):
 def test_direction_is_for_translation_only(tmp_path):
     r = run("compare", "--model", "tiny-bert", "--methods", "head", "--direction", "zh-en", "--out", str(tmp_path))
     assert r.returncode == 1 and "direction applies to translation tasks" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_compare_with_attacks_adds_columns(tmp_path):
+    r = run("compare", "--model", "tiny-bert", "--methods", "head", "--epochs", "1", "--train-subset", "32", "--max-length", "32",
+            "--no-baseline", "--attack", "deepwordbug", "--attack-n", "3", "--out", str(tmp_path))
+    assert r.returncode == 0, r.stderr
+    assert "deepwordbug acc %" in r.stdout
+    row = json.loads((tmp_path / "results.json").read_text())["rows"][0]
+    assert row["attack_deepwordbug_n"] == 3 and 0 <= row["attack_deepwordbug_accuracy"] <= 1 and 0 <= row["attack_deepwordbug_success_rate"] <= 1
+
+
+def test_attacks_are_refused_before_training_when_wrong(tmp_path):
+    r = run("compare", "--model", "tiny-bert", "--methods", "head", "--attack", "hotflip", "--out", str(tmp_path))
+    assert r.returncode == 1 and "unknown attack 'hotflip'" in r.stderr
+    r = run("compare", "--model", "tiny-bert", "--task", "ner", "--methods", "head", "--attack", "deepwordbug", "--out", str(tmp_path))
+    assert r.returncode == 1 and "classification tasks only" in r.stderr

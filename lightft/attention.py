@@ -303,3 +303,61 @@ class Encoder(nn.Module):
             state[key] = theirs[names[prefix + "."] + leaf]
         ours.load_state_dict(state)
         return ours.to(next(bert.parameters()).dtype).train(bert.training)
+
+# %% ../nbs/01_attention.ipynb #cf20dc0b
+from .exercises import exercise, expect_close, expect_equal, ExerciseError
+
+
+# %% ../nbs/01_attention.ipynb #c3aeeef9
+@exercise("attn_causal_mask", "01_attention", "write causal_mask_with_past(n_queries, n_past=0): a boolean (n_queries, n_past + n_queries) mask, True where query i may see key j",
+          hint="query i sits at position n_past + i, so it may see keys 0 .. n_past + i: ones(L, S).tril(diagonal=n_past), as a bool tensor")
+def _check_attn_causal_mask(causal_mask_with_past):
+    for n in (1, 4, 7):
+        got = causal_mask_with_past(n)
+        if not torch.is_tensor(got): raise ExerciseError(f"expected a tensor, got {type(got).__name__}")
+        expect_equal(got.dtype, torch.bool, f"the dtype of causal_mask_with_past({n}) (masks are boolean, True = may attend)")
+        expect_equal(tuple(got.shape), (n, n), f"the shape of causal_mask_with_past({n})")
+        if not torch.equal(got, causal_mask(n)):
+            i, j = (got != causal_mask(n)).nonzero()[0].tolist()
+            raise ExerciseError(f"causal_mask_with_past({n}): query {i}, key {j} is {bool(got[i, j])}, expected {bool(causal_mask(n)[i, j])}")
+    for n, past in ((1, 3), (3, 2), (4, 5)):
+        got, want = causal_mask_with_past(n, past), torch.ones(n, n + past, dtype=torch.bool).tril(diagonal=past)
+        expect_equal(tuple(got.shape), tuple(want.shape), f"the shape for {n} new queries after {past} cached positions")
+        if not torch.equal(got, want):
+            i, j = (got != want).nonzero()[0].tolist()
+            raise ExerciseError(f"{n} new queries after {past} cached positions: query {i} (position {past + i}), key {j} is {bool(got[i, j])}, expected {bool(want[i, j])}")
+
+@exercise("attn_sdpa", "01_attention", "write attend(query, key, value, mask=None) -> softmax(QKᵀ/√d)V with a boolean mask (True = may attend); a query that may see no key gets zeros",
+          hint="scores = query @ key.transpose(-2, -1) / sqrt(d) with d = query.shape[-1]; masked_fill(~mask, -inf) before the softmax over the last dimension; then zero the rows where mask.any(-1) is False (they are nan)")
+def _check_attn_sdpa(attend):
+    g = torch.Generator().manual_seed(0)
+    q, k, v = torch.randn(2, 3, 5, 8, generator=g), torch.randn(2, 3, 7, 8, generator=g), torch.randn(2, 3, 7, 4, generator=g)
+    expect_close(attend(q, k, v), F.scaled_dot_product_attention(q, k, v), "the output without a mask")
+    wide = torch.randn(2, 5, 64, generator=g)
+    expect_close(attend(wide, wide, wide), F.scaled_dot_product_attention(wide, wide, wide), "the output for d = 64 (is it divided by √d, with d the width of the queries?)")
+    pad = padding_mask(torch.tensor([[1, 1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 0, 0, 0]]))
+    expect_close(attend(q, k, v, pad), F.scaled_dot_product_attention(q, k, v, attn_mask=pad), "the output with a padding mask (2, 1, 1, 7)")
+    x = torch.randn(2, 3, 6, 8, generator=g)
+    expect_close(attend(x, x, x, causal_mask(6)), F.scaled_dot_product_attention(x, x, x, is_causal=True), "the output of self-attention with a causal mask")
+    blind = torch.ones(5, 7, dtype=torch.bool); blind[2] = False
+    expect_close(attend(q, k, v, blind), scaled_dot_product_attention(q, k, v, blind)[0], "the output when query 2 may see no key (expected zeros there, not nan)")
+
+@exercise("attn_layer_params", "01_attention", "predict the number of parameters of EncoderLayer(d_model=48, n_heads=6, d_ff=96)",
+          hint="attention: four d×d matrices and four bias vectors; feed-forward: d×d_ff + d_ff and d_ff×d + d; two LayerNorms with γ and β of length d each; the number of heads does not matter")
+def _check_attn_layer_params(n_params):
+    layer = EncoderLayer(48, 6, d_ff=96)
+    want = sum(p.numel() for p in layer.parameters())
+    if n_params == want - 4 * 48: raise ExerciseError(f"the parameter count: got {n_params:,}, {4 * 48} short: did you forget the two LayerNorms?")
+    expect_equal(n_params, want, "the parameter count of the layer")
+
+@exercise("attn_mha_forward", "01_attention", "write mha_forward(mha, x, mask=None): the multi-head self-attention of a MultiHeadAttention module computed from its four projections",
+          hint="project with mha.q_proj/k_proj/v_proj; split (B, L, d) into heads with .view(B, L, h, d // h).transpose(1, 2) (a plain .view(B, h, L, d // h) mixes positions); attend; transpose back, reshape to (B, L, d) and apply mha.out_proj")
+def _check_attn_mha_forward(mha_forward):
+    torch.manual_seed(0)
+    x = torch.randn(2, 5, 16)
+    mask = padding_mask(torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])) & causal_mask(5)
+    for heads in (4, 2):
+        mha = MultiHeadAttention(16, heads).eval()
+        with torch.no_grad():
+            expect_close(mha_forward(mha, x), mha(x), f"the output with {heads} heads, no mask")
+            expect_close(mha_forward(mha, x, mask), mha(x, mask=mask), f"the output with {heads} heads, padding & causal mask")

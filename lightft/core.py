@@ -252,3 +252,56 @@ def run_slow(what:str,         # what the cell does, e.g. "train 5 methods on 2 
     instead = f"; the cells below read {reads}" if reads else ""
     print(f"skipped (about {minutes:g} min on 2 CPU cores): {what}{instead}. Set {SLOW_ENV}=1 to run it.")
     return False
+
+# %% ../nbs/00_core.ipynb #fe6b696b
+from .exercises import exercise, expect_equal, ExerciseError
+
+
+# %% ../nbs/00_core.ipynb #67edab55
+@exercise("core_frozen_embedding_bytes", "00_core", "predict param_report(model).total_bytes for an Embedding(1000, 16), frozen, followed by a trainable Linear(16, 4), with AdamW in fp32",
+          hint="every parameter costs its 4-byte weight; only the trainable ones add a 4-byte gradient and AdamW's two 4-byte moments, plus one 4-byte `step` counter per trainable tensor (the Linear's weight and its bias)")
+def _check_core_frozen_embedding_bytes(total_bytes):
+    model = nn.Sequential(nn.Embedding(1000, 16), nn.Linear(16, 4))
+    model[0].requires_grad_(False)
+    report = param_report(model)
+    if total_bytes == 16 * report.total: raise ExerciseError(f"total bytes: got {total_bytes:,}, 16 bytes for every parameter; but the frozen embedding has no gradient and no optimizer state")
+    expect_equal(total_bytes, report.total_bytes, "total bytes (weights + gradients + AdamW state)")
+
+@exercise("core_count_parameters", "00_core", "write count_parameters(model) -> (total, trainable), counting tied (shared) weights once",
+          hint="model.parameters() yields a shared tensor only once; add up p.numel(), and for `trainable` only the parameters with p.requires_grad")
+def _check_core_count_parameters(count_parameters):
+    class _Tied(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb, self.mix, self.out = nn.Embedding(50, 6), nn.Linear(6, 6), nn.Linear(6, 50, bias=False)
+            self.out.weight = self.emb.weight      # one tensor, used twice
+    mlp = nn.Sequential(nn.Linear(10, 20), nn.ReLU(), nn.Linear(20, 3))
+    mlp[0].requires_grad_(False)
+    tied = _Tied(); tied.mix.bias.requires_grad_(False)
+    for what, model in (("Linear(10, 20) (frozen) → ReLU → Linear(20, 3)", mlp),
+                        ("Embedding(50, 6) tied to the output Linear(6, 50), and a Linear(6, 6) with a frozen bias", tied)):
+        got = count_parameters(model)
+        if not isinstance(got, tuple) or len(got) != 2: raise ExerciseError(f"expected a tuple (total, trainable), got {got!r}")
+        report = param_report(model)
+        expect_equal(tuple(int(n) for n in got), (report.total, report.trainable), f"(total, trainable) of {what}")
+
+@exercise("core_bf16_bytes", "00_core", "predict param_report(model).total_bytes of a fully trainable nn.Linear(256, 256) whose weights are bfloat16",
+          hint="bfloat16 takes 2 bytes per number, and PyTorch's AdamW creates its moments with zeros_like(param), so they are 2 bytes each too; only the `step` counter of each tensor stays a 4-byte float32")
+def _check_core_bf16_bytes(total_bytes):
+    if total_bytes == param_report(nn.Linear(256, 256)).total_bytes:
+        raise ExerciseError(f"total bytes: got {total_bytes:,}, the float32 figure; in bfloat16 most of it halves")
+    expect_equal(total_bytes, param_report(nn.Linear(256, 256).to(torch.bfloat16)).total_bytes, "total bytes in bfloat16")
+
+@exercise("core_frozen_block", "00_core", "write a context manager frozen(model) that freezes every parameter for the block, then gives each parameter back its own requires_grad, even when the block raises",
+          hint="save [p.requires_grad for p in model.parameters()] before freezing and restore them one by one in a `finally:`, as `eval_mode` does; unfreezing everything afterwards would thaw what was frozen before")
+def _check_core_frozen_block(frozen):
+    model = nn.Sequential(nn.Linear(4, 3), nn.Linear(3, 2))
+    model[0].weight.requires_grad_(False)
+    before = [p.requires_grad for p in model.parameters()]
+    with frozen(model):
+        expect_equal([p.requires_grad for p in model.parameters()], [False] * 4, "requires_grad of the 4 parameters inside the block")
+    expect_equal([p.requires_grad for p in model.parameters()], before, "requires_grad of the 4 parameters after the block")
+    try:
+        with frozen(model): raise KeyboardInterrupt("stopped half-way")
+    except KeyboardInterrupt: pass
+    expect_equal([p.requires_grad for p in model.parameters()], before, "requires_grad after a block that raised")

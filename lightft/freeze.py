@@ -92,3 +92,75 @@ def freeze_embeddings(model:nn.Module, # a 🤗 Transformers model with a task h
     if parts["embeddings"] is None: raise TypeError(f"can't find the embeddings of {type(model).__name__}")
     freeze(parts["embeddings"])
     return model
+
+# %% ../nbs/05_freezing.ipynb #2376b857
+from .exercises import exercise, expect_equal, ExerciseError
+
+
+# %% ../nbs/05_freezing.ipynb #c5edc4b7
+def _tiny_classifiers()->list:
+    "(description, model) for a tiny random BERT and a tiny random DistilBERT classifier, built in milliseconds."
+    from transformers import BertConfig, BertForSequenceClassification, DistilBertConfig, DistilBertForSequenceClassification
+    bert = BertForSequenceClassification(BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
+                                                    intermediate_size=64, max_position_embeddings=32, num_labels=2))
+    distil = DistilBertForSequenceClassification(DistilBertConfig(vocab_size=100, dim=32, n_layers=2, n_heads=4, hidden_dim=64,
+                                                                  max_position_embeddings=32, num_labels=2))
+    return [("a tiny BERT (3 layers)", bert), ("a tiny DistilBERT (2 layers, head: pre_classifier + classifier)", distil)]
+
+def _trainable(model)->set: return {n for n, p in model.named_parameters() if p.requires_grad}
+
+def _compare_trainable(got:set, want:set, what:str):
+    "Raise `ExerciseError` naming the parameters that should (not) be trainable."
+    if got == want: return
+    extra, missing = sorted(got - want), sorted(want - got)
+    msg = []
+    if extra: msg.append(f"{len(extra)} trainable that should be frozen, e.g. {extra[0]}")
+    if missing: msg.append(f"{len(missing)} frozen that should be trainable, e.g. {missing[0]}")
+    raise ExerciseError(f"{what}: " + "; ".join(msg))
+
+@exercise("freeze_bitfit", "05_freezing", "write bitfit(model): freeze everything, then train every bias of the base model and the whole task head; return the model",
+          hint="start with freeze(model) so that earlier settings don't survive; the head is every module outside the base (train_head_only or model_parts(model)['head']); the biases are the base's parameters whose name ends in 'bias' (model_parts(model)['base'], so that it works for DistilBERT too)")
+def _check_freeze_bitfit(bitfit):
+    for what, model in _tiny_classifiers():
+        want = _trainable(train_bitfit(model))
+        for p in model.parameters(): p.requires_grad_(not p.requires_grad)     # scramble: what was trainable is now frozen and vice versa
+        if bitfit(model) is not model: raise ExerciseError("bitfit(model) must return the model it changed")
+        _compare_trainable(_trainable(model), want, f"the trainable parameters of {what}")
+
+@exercise("freeze_topk_count", "05_freezing", "predict how many parameters train_top_layers(model, k=1) trains on a BERT classifier with hidden size 48, feed-forward 96, 3 layers and 3 labels",
+          hint="one encoder layer: 4(h²+h) attention + 2h LayerNorm + (h·i+i) + (i·h+h) feed-forward + 2h LayerNorm; add the pooler (h²+h), which sits above the top layer, and the head Linear(48, 3)")
+def _check_freeze_topk_count(n_trainable):
+    from transformers import BertConfig, BertForSequenceClassification
+    model = BertForSequenceClassification(BertConfig(vocab_size=100, hidden_size=48, num_hidden_layers=3, num_attention_heads=4,
+                                                     intermediate_size=96, max_position_embeddings=32, num_labels=3))
+    want = sum(p.numel() for p in train_top_layers(model, 1).parameters() if p.requires_grad)
+    if n_trainable == want - (48 * 48 + 48): raise ExerciseError(f"the trainable parameters: got {n_trainable:,}, the pooler's {48 * 48 + 48:,} short")
+    expect_equal(n_trainable, want, "the trainable parameters")
+
+@exercise("freeze_top_k", "05_freezing", "write top_k(model, k): train the top k encoder layers, the pooler above them (only when k > 0) and the head; freeze the rest; a ValueError for k outside 0..number of layers",
+          hint="check 0 <= k <= len(model_parts(model)['layers']) first; then train_head_only(model), unfreeze the last k layers (layers[n - k:], and careful: layers[-0:] is all of them), and the base's pooler if it has one and k > 0")
+def _check_freeze_top_k(top_k):
+    for what, model in _tiny_classifiers():
+        n = len(model_parts(model)["layers"])
+        for k in range(n + 1):
+            want = _trainable(train_top_layers(model, k))
+            unfreeze(model)
+            if top_k(model, k) is not model: raise ExerciseError("top_k(model, k) must return the model it changed")
+            _compare_trainable(_trainable(model), want, f"the trainable parameters of {what} with k={k}")
+        for bad in (n + 1, -1):
+            try: top_k(model, bad)
+            except ValueError: continue
+            raise ExerciseError(f"top_k({what}, k={bad}) did not raise a ValueError: the model has {n} layers")
+
+@exercise("freeze_bitfit_bytes", "05_freezing", "predict param_report(model).total_bytes after train_bitfit on this chapter's tiny BERT (h=32, i=64, 4 layers, 2 labels)",
+          hint="4 bytes for every weight; 12 more (gradient, two AdamW moments) for each trainable one: the 66 of the head and the biases; and a 4-byte step counter for each trainable *tensor*: 8 bias tensors per layer, the embeddings' LayerNorm bias, the pooler's bias, and the classifier's weight and bias")
+def _check_freeze_bitfit_bytes(total_bytes):
+    from transformers import BertConfig, BertForSequenceClassification
+    model = train_bitfit(BertForSequenceClassification(BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=4, num_attention_heads=4,
+                                                                  intermediate_size=64, max_position_embeddings=32, num_labels=2)))
+    params = list(model.parameters())
+    n_total, trainable = sum(p.numel() for p in params), [p for p in params if p.requires_grad]
+    want = 4 * n_total + 12 * sum(p.numel() for p in trainable) + 4 * len(trainable)
+    if total_bytes == want - 4 * len(trainable):
+        raise ExerciseError(f"the total bytes: got {total_bytes:,}, {4 * len(trainable)} short: AdamW keeps a 4-byte step counter for each of the {len(trainable)} trainable tensors")
+    expect_equal(total_bytes, want, "the total bytes (weights + gradients + AdamW state)")

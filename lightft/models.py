@@ -384,3 +384,46 @@ def list_plms()->PLMTable:
                      "pooling": spec.pooling or "—", "source": spec.source if folder or not spec.install else f"{spec.source}: {spec.install}",
                      "description": spec.description})
     return PLMTable(rows)
+
+# %% ../nbs/03a_models.ipynb #59c4c820
+from .exercises import exercise, expect_close, expect_equal, ExerciseError
+
+
+# %% ../nbs/03a_models.ipynb #7a82a657
+def _pooling_batch():
+    "Token vectors (3, 6, 4) whose padding positions hold 100: any pooling that lets padding in is far off."
+    g = torch.Generator().manual_seed(0)
+    hidden = -1 - torch.rand(3, 6, 4, generator=g)                  # every real value is negative
+    attention_mask = torch.tensor([[1, 1, 1, 1, 1, 1], [1, 1, 1, 0, 0, 0], [1, 0, 0, 0, 0, 0]])
+    hidden[attention_mask == 0] = 100.0
+    return hidden, attention_mask
+
+@exercise("models_mean_pool", "03a_models", "write average_tokens(hidden_states, attention_mask): the mean of the token vectors over the non-padding positions, (batch, hidden)",
+          hint="multiply the vectors by the mask, as floats with a trailing axis (attention_mask[..., None]), sum over the length axis (dim 1) and divide by the number of real tokens of each text, not by the padded length")
+def _check_models_mean_pool(average_tokens):
+    hidden, attention_mask = _pooling_batch()
+    got = average_tokens(hidden, attention_mask)
+    if torch.is_tensor(got) and got.shape == (3, 4) and torch.allclose(got, hidden.mean(1)):
+        raise ExerciseError("the pooled vectors: got the plain mean over all 6 positions; padding must not count")
+    expect_close(got, mean_pool(hidden, attention_mask), "the pooled vectors of 3 texts of 6, 3 and 1 real tokens (padding holds 100)")
+
+@exercise("models_head_params", "03a_models", "predict the parameter counts (mean pooling, [CLS] pooler) of all-MiniLM-L6-v2 with a 3-class classification head",
+          hint="the body: embeddings (30,522 words, 512 positions, 2 token types, LayerNorm) and 6 layers of 4(H²+H) + (H·I+I) + (I·H+H) + 4H with H=384, I=1536; the head: a Linear(384, 3); the [CLS] version also has the pooler, a Linear(384, 384)")
+def _check_models_head_params(counts):
+    if not isinstance(counts, tuple) or len(counts) != 2: raise ExerciseError(f"expected a tuple (mean pooling, [CLS] pooler), got {counts!r}")
+    with torch.device("meta"):              # shapes only: no memory, no initialisation
+        mean = BertForSequenceClassificationMeanPool(BertConfig(**MINILM_L6_CONFIG, num_labels=3))
+        cls = BertForSequenceClassification(BertConfig(**MINILM_L6_CONFIG, num_labels=3))
+    want = tuple(sum(p.numel() for p in m.parameters()) for m in (mean, cls))
+    expect_equal(counts[0], want[0], "the parameters with mean pooling")
+    expect_equal(counts[1], want[1], "the parameters with the [CLS] pooler")
+
+@exercise("models_max_pool", "03a_models", "write max_over_tokens(hidden_states, attention_mask): the largest value of each feature over the non-padding positions, (batch, hidden)",
+          hint="padding must never win, even when every real value is negative: fill the padding positions with -inf (masked_fill with the mask == 0, broadcast over the hidden axis), then take .amax(dim=1); multiplying by the mask leaves zeros, which beat negative values")
+def _check_models_max_pool(max_over_tokens):
+    hidden, attention_mask = _pooling_batch()
+    want = hidden.masked_fill(attention_mask[..., None] == 0, float("-inf")).amax(1)
+    got = max_over_tokens(hidden, attention_mask)
+    if torch.is_tensor(got) and got.shape == want.shape and (got == 0).any():
+        raise ExerciseError("the pooled vectors contain 0, but every real value is negative: a padding position won (multiplied by the mask?)")
+    expect_close(got, want, "the pooled vectors of 3 texts of 6, 3 and 1 real tokens (real values negative, padding holds 100)")

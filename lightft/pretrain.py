@@ -712,3 +712,76 @@ def heldout_documents(path=None, # a folder written by `pretrain_preset` (defaul
                      )->list:
     "The held-out test documents (lists of sentences) the model in `path` never saw."
     with gzip.open(Path(path or tiny_bert_path())/"heldout.json.gz", "rt") as f: return json.load(f)
+
+# %% ../nbs/02_pretraining.ipynb #53e9599b
+from .exercises import exercise, expect_close, expect_equal, ExerciseError
+
+
+# %% ../nbs/02_pretraining.ipynb #207198ed
+@exercise("pre_mlm_loss", "02_pretraining", "write masked_lm_loss(logits, labels): the mean cross-entropy over the positions whose label is not -100",
+          hint="flatten (batch, length, vocab) to (batch·length, vocab), keep the rows with labels != -100 (or pass ignore_index=-100 to F.cross_entropy) and average over those rows only")
+def _check_pre_mlm_loss(masked_lm_loss):
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, 6, 11, generator=g)
+    labels = torch.randint(0, 11, (3, 6), generator=g)
+    expect_close(masked_lm_loss(logits, labels), F.cross_entropy(logits.flatten(0, 1), labels.flatten()), "the loss when every position has a label")
+    labels[:, ::2] = -100; labels[2] = -100
+    expect_close(masked_lm_loss(logits, labels), F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100),
+                 "the loss when 10 of 18 positions are labelled -100 (are they left out of the mean?)")
+
+@exercise("pre_nsp_pack", "02_pretraining", "write pack_pair(a, b, max_length, cls_id, sep_id) -> (input_ids, token_type_ids): [CLS] A [SEP] B [SEP], trimmed to max_length like truncate_pair",
+          hint="the three special tokens take 3 places, so A and B get max_length - 3 together; trim the longer one, A from its start and B from its end (truncate_pair); token types are 0 for [CLS] A [SEP] and 1 for B [SEP]")
+def _check_pre_nsp_pack(pack_pair):
+    cls, sep = 2, 3
+    cases = [([10, 11, 12], [20, 21], 16), ([10, 11, 12, 13, 14, 15, 16, 17], [20, 21], 9), ([10, 11], [20, 21, 22, 23, 24, 25, 26], 8),
+             (list(range(10, 30)), list(range(40, 60)), 13)]
+    for a, b, n in cases:
+        got = pack_pair(list(a), list(b), n, cls, sep)
+        if not isinstance(got, tuple) or len(got) != 2: raise ExerciseError(f"expected a tuple (input_ids, token_type_ids), got {got!r}")
+        ta, tb = truncate_pair(a, b, n - 3)
+        want_ids, want_types = [cls, *ta, sep, *tb, sep], [0] * (len(ta) + 2) + [1] * (len(tb) + 1)
+        what = f"A = {a[0]}..{a[-1]} ({len(a)} tokens), B = {b[0]}..{b[-1]} ({len(b)} tokens), max_length={n}"
+        expect_equal(list(got[0]), want_ids, f"input_ids for {what}")
+        expect_equal(list(got[1]), want_types, f"token_type_ids for {what}")
+
+class _StandInTokenizer:
+    "What `mask_tokens` needs from a tokenizer: special ids, [PAD] and [MASK] ids, and the vocabulary size."
+    all_special_ids, pad_token_id, cls_token_id, sep_token_id, mask_token_id = [0, 1, 2, 3, 4], 0, 2, 3, 4
+    def __len__(self): return 1000
+
+@exercise("pre_mlm_masking", "02_pretraining", "write bert_mask(input_ids, tokenizer, mlm_probability=0.15, generator=None) -> (inputs, labels): BERT's 15% and 80/10/10 rule; special tokens and padding never chosen",
+          hint="choose each ordinary token with probability mlm_probability (special ids and padding never); labels = the original id where chosen, -100 elsewhere; of the chosen, 80% become [MASK], half of the rest a random id from range(len(tokenizer)), the others stay; draw every random number from `generator`, on a clone of input_ids")
+def _check_pre_mlm_masking(bert_mask):
+    tok = _StandInTokenizer()
+    ids = torch.randint(5, 1000, (400, 250), generator=torch.Generator().manual_seed(0))
+    ids[:, 0], ids[:, 100], ids[:, 200:] = tok.cls_token_id, tok.sep_token_id, tok.pad_token_id
+    original = ids.clone()
+    ordinary = ids >= 5
+    for p in (0.15, 0.3):
+        got = bert_mask(ids, tok, p, generator=torch.Generator().manual_seed(1))
+        if not isinstance(got, tuple) or len(got) != 2: raise ExerciseError(f"expected a tuple (inputs, labels), got {type(got).__name__}")
+        inputs, labels = got
+        if not torch.equal(ids, original): raise ExerciseError("input_ids was changed in place: work on a clone")
+        expect_equal(tuple(inputs.shape) + tuple(labels.shape), tuple(ids.shape) * 2, "the shapes of inputs and labels")
+        chosen = labels != -100
+        expect_equal(int((chosen & ~ordinary).sum()), 0, "how many special or padding tokens were chosen")
+        expect_equal(bool(torch.equal(labels[chosen], ids[chosen])), True, "labels equal the original tokens where chosen")
+        expect_equal(int((inputs[~chosen] != ids[~chosen]).sum()), 0, "how many tokens that were not chosen were changed")
+        expect_close((chosen.sum() / ordinary.sum()).item(), p, f"the share of ordinary tokens chosen with mlm_probability={p}", atol=0.01, rtol=0)
+        to_mask = (inputs[chosen] == tok.mask_token_id).float().mean().item()
+        to_other = ((inputs[chosen] != ids[chosen]) & (inputs[chosen] != tok.mask_token_id)).float().mean().item()
+        expect_close(to_mask, 0.8, "the share of chosen tokens replaced by [MASK]", atol=0.02, rtol=0)
+        expect_close(to_other, 0.1, "the share of chosen tokens replaced by another token", atol=0.015, rtol=0)
+        expect_close(1 - to_mask - to_other, 0.1, "the share of chosen tokens left unchanged", atol=0.015, rtol=0)
+        others = inputs[chosen & (inputs != ids) & (inputs != tok.mask_token_id)]
+        if others.unique().numel() < 100: raise ExerciseError(f"the random replacements use only {others.unique().numel()} different ids: draw them from the whole vocabulary")
+    first, again = (bert_mask(ids, tok, 0.15, generator=torch.Generator().manual_seed(2))[0] for _ in range(2))
+    expect_equal(bool(torch.equal(first, again)), True, "the same inputs from two generators with the same seed (draw every random number from `generator`)")
+
+@exercise("pre_quick_params", "02_pretraining", "predict the number of parameters of the quick preset's BertForPreTraining: vocabulary 4,000, hidden 64, 2 layers, feed-forward 256, 64 positions",
+          hint="embeddings (words, positions, 2 token types, LayerNorm), per layer 4(H²+H) + (H·I+I) + (I·H+H) + two LayerNorms, the pooler H²+H, the MLM head (dense H²+H, LayerNorm, an output bias of V: its weight is the tied word embedding) and the NSP head 2H+2")
+def _check_pre_quick_params(n_params):
+    with torch.device("meta"): model = BertForPreTraining(tiny_bert_config(4000, **PRESETS["quick"]["model"]))
+    want = sum(p.numel() for p in model.parameters())
+    if n_params == want + 4000 * 64: raise ExerciseError(f"the parameter count: got {n_params:,}, 256,000 too many: the MLM output layer shares its weight with the word embeddings")
+    expect_equal(n_params, want, "the parameter count")

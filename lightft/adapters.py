@@ -233,3 +233,60 @@ def copy_adapterhub_weights(model:nn.Module,     # a model prepared with `add_ad
                 copied += 1
     if not copied: raise ValueError(f"the model has no adapters to copy {name!r} into: call add_adapters first")
     return model
+
+# %% ../nbs/06_adapters.ipynb #659e7847
+from .exercises import exercise, expect_close, expect_equal, ExerciseError
+
+# %% ../nbs/06_adapters.ipynb #9e033d02
+@exercise("adapter_params_by_hand", "06_adapters", "predict how many parameters the adapters alone add to all-MiniLM-L6-v2 (d = 384, 6 layers, reduction factor 16), for houlsby and for pfeiffer",
+          hint="m = d // reduction_factor; one adapter has 2md + m + d parameters (two weight matrices, two bias vectors); Houlsby puts two adapters in each layer, Pfeiffer one")
+def _check_adapter_params_by_hand(counts):
+    from lightft.methods import _meta_minilm, _expect_counts
+    one = 2 * 24 * 384 + 24 + 384                      # one adapter: m = 384 // 16 = 24
+    want = {name: sum(p.numel() for p in adapter_parameters(add_adapters(_meta_minilm(), name, reduction_factor=16))) for name in ("houlsby", "pfeiffer")}
+    _expect_counts(counts, want, "the adapters' parameters on all-MiniLM-L6-v2",
+                   {(name, one): "that is one adapter; how many does this design put into each layer, and how many layers are there?" for name in want})
+
+@exercise("adapter_bottleneck_forward", "06_adapters", "write bottleneck_forward(x, w_down, b_down, w_up, b_up): Houlsby's adapter x + W_up·gelu(W_down·x + b_down) + b_up, on the last dimension of x",
+          hint="the weights are stored as nn.Linear stores them, w_down (m, d) and w_up (d, m), so project with x @ w_down.T + b_down; apply GELU; project back with @ w_up.T + b_up; add x")
+def _check_adapter_bottleneck_forward(bottleneck_forward):
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        adapter, x = BottleneckAdapter(12, 3, init_std=0.5), torch.randn(2, 5, 12)     # large weights: a large update
+        with torch.no_grad():
+            for bias in (adapter.down.bias, adapter.up.bias): bias.normal_()
+    with torch.no_grad():
+        want = adapter(x)
+        got = bottleneck_forward(x.clone(), adapter.down.weight.clone(), adapter.down.bias.clone(), adapter.up.weight.clone(), adapter.up.bias.clone())
+    if torch.is_tensor(got) and got.shape == want.shape and torch.allclose(got, want - x, atol=1e-5):
+        raise ExerciseError("that is the update only: add the input x back (the skip connection)")
+    expect_close(got, want, "the adapter's output for an input of shape (2, 5, 12), d = 12, m = 3")
+
+@exercise("adapter_pfeiffer_output", "06_adapters", "write pfeiffer_output(h, x, adapter, layer_norm): the output module with a Pfeiffer adapter, LayerNorm(h + U(LayerNorm(h + x)) + x)",
+          hint="the adapter reads r = layer_norm(h + x); its update U(r) = adapter(r) - r is added to h, not to r; then the same layer_norm is applied to that sum plus the residual x (adapter(r, skip=h) gives h + U(r))")
+def _check_adapter_pfeiffer_output(pfeiffer_output):
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        base = nn.Module()                             # stands in for BertOutput: dense, dropout, LayerNorm
+        base.dense, base.dropout, base.LayerNorm = nn.Linear(16, 8), nn.Dropout(0.0), nn.LayerNorm(8)
+        adapter = BottleneckAdapter(8, 2, init_std=0.5)
+        with torch.no_grad(): base.LayerNorm.weight.normal_(1, 0.3); base.LayerNorm.bias.normal_(0, 0.3); adapter.up.bias.normal_(0, 0.3)
+        z, x = torch.randn(2, 4, 16), torch.randn(2, 4, 8)
+    with torch.no_grad():
+        h = base.dense(z)
+        want = AdaptedSublayer(base, adapter, norm_before=True)(z, x)
+        houlsby = AdaptedSublayer(base, adapter, norm_before=False)(z, x)
+        got = pfeiffer_output(h.clone(), x.clone(), adapter, base.LayerNorm)
+    if torch.is_tensor(got) and got.shape == want.shape and torch.allclose(got, houlsby, atol=1e-5):
+        raise ExerciseError("that is Houlsby's placement, where the adapter reads h; Pfeiffer's adapter reads LayerNorm(h + x)")
+    expect_close(got, want, "the output of the adapted output module for 2 x 4 tokens of width 8")
+
+@exercise("adapter_init_scale", "06_adapters", "predict by what factor a fresh adapter's update grows when the std of its initial weights goes from 1e-3 to 1e-2",
+          hint="with zero biases the update is W_up·f(W_down·x), and GELU is nearly linear near 0 (about x/2): what happens to a product of two matrices when both are multiplied by 10?")
+def _check_adapter_init_scale(factor):
+    def update(std):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            adapter, x = BottleneckAdapter(64, 16, init_std=std), torch.randn(8, 64)
+        with torch.no_grad(): return adapter.up(adapter.act(adapter.down(x))).norm().item()
+    expect_close(factor, update(1e-2) / update(1e-3), "the growth factor of the update (within 10%)", atol=0, rtol=0.1)

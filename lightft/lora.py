@@ -236,3 +236,49 @@ def export_peft(model:nn.Module,    # a model with LoRA layers, trained
     save_file(tensors, str(directory / "adapter_model.safetensors"), metadata={"format": "pt"})
     (directory / "adapter_config.json").write_text(json.dumps(config, indent=2) + "\n")
     return directory
+
+# %% ../nbs/07_lora.ipynb #cf8406f8
+from .exercises import exercise, expect_close, expect_equal, ExerciseError
+
+# %% ../nbs/07_lora.ipynb #846d0467
+@exercise("lora_merge_by_hand", "07_lora", "write merged_weight(weight, lora_A, lora_B, alpha, r): the weight W + (alpha / r)·B·A that merge_lora writes into the base layer",
+          hint="B is (d_out, r) and A is (r, d_in), so B @ A has the weight's shape (d_out, d_in); multiply it by alpha / r (not alpha, not r / alpha) and add it to W without changing W in place")
+def _check_lora_merge_by_hand(merged_weight):
+    for r, alpha in ((2, 4), (4, 3)):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(r)
+            layer = LoRALinear(nn.Linear(6, 5), r=r, alpha=alpha)
+            with torch.no_grad(): layer.lora_B.normal_()       # stands in for training: with B = 0 every answer would pass
+        weight, A, B = (t.detach().clone() for t in (layer.base_layer.weight, layer.lora_A, layer.lora_B))
+        with torch.no_grad(): got = merged_weight(weight, A, B, alpha, r)
+        want = merge_lora(layer).base_layer.weight.detach()
+        if torch.is_tensor(got) and got.shape == want.shape and torch.allclose(got, weight + B @ A, atol=1e-5):
+            raise ExerciseError(f"r={r}, alpha={alpha}: that adds B·A without the scale alpha / r = {alpha / r:g}")
+        expect_close(got, want, f"the merged weight for r={r}, alpha={alpha}")
+        if not torch.equal(weight, layer.original_weight): raise ExerciseError("your function changed `weight` in place: unmerge needs the original")
+
+@exercise("lora_trainable_count", "07_lora", "predict LoRA's parameters (A and B only, no head) at r = 8 on all-MiniLM-L6-v2, on query and value and on all linear layers",
+          hint="a d_out x d_in matrix gets r·(d_in + d_out); each of the 6 layers has query, key, value and the attention output (384 x 384), the feed-forward in (384 -> 1,536) and out (1,536 -> 384); the head is never adapted")
+def _check_lora_trainable_count(counts):
+    from lightft.methods import _meta_minilm, _expect_counts
+    lora_numbers = lambda model: sum(l.lora_A.numel() + l.lora_B.numel() for l in lora_layers(model).values())
+    want = {name: lora_numbers(add_lora(_meta_minilm(), r=8, targets=targets)) for name, targets in (("query, value", ("query", "value")), ("all-linear", "all-linear"))}
+    _expect_counts(counts, want, "LoRA's parameters at r = 8 on all-MiniLM-L6-v2")
+
+@exercise("lora_gradients", "07_lora", "write lora_grads(x, grad_output, lora_A, lora_B, scaling): the gradients (dL/dA, dL/dB) of LoRA's low-rank path, for x (n, d_in) and grad_output = dL/dy (n, d_out)",
+          hint="the path is y = s·(x Aᵀ) Bᵀ; with u = x Aᵀ (n, r): dL/dB = s·grad_outputᵀ u, shape (d_out, r), and dL/dA = s·(grad_output B)ᵀ x, shape (r, d_in)")
+def _check_lora_gradients(lora_grads):
+    g = torch.Generator().manual_seed(0)
+    for trained in (True, False):
+        with torch.random.fork_rng(devices=[]):
+            layer = LoRALinear(nn.Linear(6, 4), r=2, alpha=4)
+        with torch.no_grad():
+            layer.lora_A.copy_(torch.randn(2, 6, generator=g))
+            if trained: layer.lora_B.copy_(torch.randn(4, 2, generator=g))     # otherwise B = 0, as at step 0
+        x, grad_output = torch.randn(5, 6, generator=g), torch.randn(5, 4, generator=g)
+        layer(x).backward(grad_output)
+        with torch.no_grad(): got = lora_grads(x.clone(), grad_output.clone(), layer.lora_A.detach().clone(), layer.lora_B.detach().clone(), layer.scaling)
+        if not isinstance(got, (tuple, list)) or len(got) != 2: raise ExerciseError(f"expected a pair (dL/dA, dL/dB), got {type(got).__name__}")
+        when = "with B trained (random)" if trained else "at step 0 (B = 0)"
+        expect_close(got[0], layer.lora_A.grad, f"dL/dA {when}")
+        expect_close(got[1], layer.lora_B.grad, f"dL/dB {when}")

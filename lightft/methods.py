@@ -254,3 +254,93 @@ def load_trainable(model:nn.Module, # a fresh base model (the one the checkpoint
         for n, t in tensors.items(): params[n].copy_(t)
     return model
 
+
+# %% ../nbs/05a_methods.ipynb #a940afda
+from .exercises import exercise, expect_equal, ExerciseError
+
+# %% ../nbs/05a_methods.ipynb #46a22e54
+def _exercise_bert(seed:int=0)->nn.Module:
+    "The chapter's tiny random BERT (4 layers, width 32, 2 labels), seeded, without touching the global random state."
+    from transformers import BertConfig, BertForSequenceClassification
+    config = BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=4, num_attention_heads=4, intermediate_size=64,
+                        max_position_embeddings=32, num_labels=2)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return BertForSequenceClassification(config).eval()
+
+def _meta_minilm()->nn.Module:
+    "all-MiniLM-L6-v2 with the course's 2-class mean-pooling head on the meta device: every shape, no memory, no time (for the checkers that count)."
+    from transformers import BertConfig
+    from lightft.models import MINILM_L6_CONFIG, BertForSequenceClassificationMeanPool
+    with torch.device("meta"): return BertForSequenceClassificationMeanPool(BertConfig(**MINILM_L6_CONFIG, num_labels=2))
+
+def _trainable(model:nn.Module)->int: return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+def _expect_counts(counts, want:dict, what:str, mistakes:dict|None=None):
+    "For the checkers of predicted counts: `counts` must be a dict with `want`'s numbers; `mistakes` maps (key, wrong number) to what that number is."
+    if not isinstance(counts, dict): raise ExerciseError(f"expected a dict {{{', '.join(f'{k!r}: n' for k in want)}}}, got {type(counts).__name__}")
+    for key, n in want.items():
+        if (key, counts.get(key)) in (mistakes or {}): raise ExerciseError(f"{key}: got {counts[key]:,}: {mistakes[key, counts[key]]}")
+        expect_equal(counts.get(key), n, f"{key}: {what}")
+
+@exercise("methods_bitfit_minilm", "05a_methods", "predict how many parameters apply_method(model, 'bitfit') trains on all-MiniLM-L6-v2 with the course's 2-class head",
+          hint="every bias of the base model — the six linear layers and the two LayerNorms of each of the 6 layers, and the LayerNorm after the embeddings — plus the whole new head (384 × 2 weights and 2 biases)")
+def _check_methods_bitfit_minilm(n):
+    want = _trainable(train_bitfit(_meta_minilm()))
+    if n == want - (384 * 2 + 2): raise ExerciseError(f"got {n:,}: that is the base model's biases only; BitFit trains the new head too")
+    if n == want - 13 * 384: raise ExerciseError(f"got {n:,}: the LayerNorms have biases too (two in each layer, one after the embeddings)")
+    expect_equal(n, want, "BitFit's trainable parameters on all-MiniLM-L6-v2 with a 2-class head")
+
+@exercise("methods_what_remove_restores", "05a_methods", "predict, for head, bitfit, top1 and lora on the chapter's tiny BERT, how many numbers still differ from the pretrained model after training and remove_method",
+          hint="remove_method takes out the modules a method added and restores the requires_grad flags; it does not undo training of weights that belong to the model itself (its base or its head)")
+def _check_methods_what_remove_restores(changed):
+    from lightft import methods                        # the library's registry, where chapter 7 registers lora
+    if not isinstance(changed, dict): raise ExerciseError(f"expected a dict {{method: count}}, got {type(changed).__name__}")
+    for name in ("head", "bitfit", "top1", "lora"):
+        model = _exercise_bert()
+        before = {k: v.clone() for k, v in model.state_dict().items()}
+        methods.apply_method(model, name)
+        with torch.no_grad():
+            for p in model.parameters():
+                if p.requires_grad: p.add_(0.1)        # stands in for training: every trainable number moves
+        after = methods.remove_method(model).state_dict()
+        want = sum(int((after[k] != v).sum()) for k, v in before.items())
+        expect_equal(changed.get(name), want, f"{name}: numbers that differ from the pretrained model after training and remove_method")
+
+@exercise("methods_layernorm_method", "05a_methods", "write train_layer_norms(model): on a frozen model, make every LayerNorm of the base model and the task head trainable",
+          hint="train_head_only(model) freezes everything and thaws the head; then walk model_parts(model)['base'].modules() and unfreeze each nn.LayerNorm")
+def _check_methods_layernorm_method(train_layer_norms):
+    name = "exercise-layernorm"
+    register_method(name, train_layer_norms, "every LayerNorm and the head train (an exercise of chapter 5a)")
+    try:
+        reference = _exercise_bert()
+        head = tuple(f"{h}." for h in model_parts(reference)["head"])
+        want = {n for n, _ in reference.named_parameters() if ".LayerNorm." in n or n.startswith(head)}
+        model = apply_method(_exercise_bert(), name)
+        got = {n for n, p in model.named_parameters() if p.requires_grad}
+        if got != want:
+            missing, extra = sorted(want - got), sorted(got - want)
+            raise ExerciseError(f"{len(missing)} parameters should train but do not (e.g. {missing[:3]}); "
+                                f"{len(extra)} train but should not (e.g. {extra[:3]})")
+        remove_method(model)
+        if not all(p.requires_grad for p in model.parameters()): raise ExerciseError("after remove_method some parameters are still frozen")
+    finally: METHODS.pop(name, None)                   # the exercise's method leaves the registry again
+
+@exercise("methods_checkpoint_checksum", "05a_methods", "write checksum(tensors): a hex sha256 of a dict of tensors that covers names, dtypes, shapes and bytes and does not depend on the dict's order",
+          hint="sort the names; for each, feed one hashlib.sha256 the name, dtype and shape (as text), then the tensor's bytes: t.contiguous().view(-1).view(torch.uint8).numpy().tobytes(); return .hexdigest()")
+def _check_methods_checkpoint_checksum(checksum):
+    g = torch.Generator().manual_seed(0)
+    tensors = {"classifier.weight": torch.randn(2, 4, generator=g), "classifier.bias": torch.randn(2, generator=g),
+               "bert.pooler.dense.bias": torch.randn(4, generator=g)}
+    digest = checksum(tensors)
+    if not isinstance(digest, str): raise ExerciseError(f"expected a hex string, got {type(digest).__name__}")
+    expect_equal(checksum({k: v.clone() for k, v in tensors.items()}), digest, "the checksum of an equal copy")
+    expect_equal(checksum(dict(reversed(tensors.items()))), digest, "the checksum of the same tensors in another order")
+    flipped = {k: v.clone() for k, v in tensors.items()}
+    flipped["classifier.bias"].view(torch.int32)[1] ^= 1          # the lowest bit of one number
+    changed = {"one bit flipped in one tensor": flipped,
+               "a tensor renamed": {("classifier.b" if k == "classifier.bias" else k): v for k, v in tensors.items()},
+               "a tensor reshaped (same bytes)": {**tensors, "classifier.weight": tensors["classifier.weight"].reshape(4, 2)},
+               "a tensor's bytes read as another dtype": {**tensors, "classifier.weight": tensors["classifier.weight"].view(torch.int32)}}
+    for what, other in changed.items():
+        if checksum(other) == digest: raise ExerciseError(f"{what}, yet the checksum stayed the same")

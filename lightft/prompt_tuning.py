@@ -299,3 +299,51 @@ def prompt_tokenize(split, # a `datasets.Dataset` with `text` (and `label`)
         if "label" in batch: out["labels"] = batch["label"]
         return out
     return split.map(encode, batched=True, remove_columns=split.column_names)
+
+# %% ../nbs/08a_prompt_tuning.ipynb #9332f3d0
+from .exercises import exercise, expect_close, expect_equal, ExerciseError
+
+# %% ../nbs/08a_prompt_tuning.ipynb #240215d8
+@exercise("prompt_tuning_params", "08a_prompt_tuning", "predict how many numbers prompt tuning and prefix tuning train on all-MiniLM-L6-v2 (d = 384, 6 layers) with n = 20 virtual tokens, without the head",
+          hint="a soft prompt is n vectors of width d, read once at the input; a prefix is n keys and n values of width d in every one of the L attention layers")
+def _check_prompt_tuning_params(counts):
+    from lightft.methods import _meta_minilm, _trainable, _expect_counts
+    want = {name: _trainable(method(_meta_minilm(), n_tokens=20, init="random", train_head=False)) for name, method in (("prompt", prompt_tuning), ("prefix", prefix_tuning))}
+    _expect_counts(counts, want, "trainable numbers with n = 20 on all-MiniLM-L6-v2, without the head",
+                   {("prefix", want["prefix"] // 2): "that counts the keys (or the values) only; every layer gets n keys and n values"})
+
+@exercise("prompt_tuning_prepend", "08a_prompt_tuning", "write prepend_prompt(prompt, embeds, attention_mask): the (n, d) soft prompt in front of every row of embeds (batch, T, d), and the mask lengthened so the virtual tokens are always visible",
+          hint="expand the prompt to (batch, n, d) and torch.cat it before embeds on dimension 1; the mask gets n ones in front of each row, and the padding zeros stay at the end")
+def _check_prompt_tuning_prepend(prepend_prompt):
+    from transformers import BertConfig, BertForSequenceClassification
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = add_soft_prompt(BertForSequenceClassification(BertConfig(vocab_size=50, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
+                                                                          intermediate_size=16, max_position_embeddings=32)), n_tokens=3, init="random")
+        embeds = torch.randn(2, 5, 8)
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])                  # the second text is padded
+    _, want = _prepend_soft_prompt(model, (), dict(inputs_embeds=embeds, attention_mask=mask))   # what the forward pre-hook passes on
+    with torch.no_grad(): got = prepend_prompt(model.soft_prompt.embedding.detach().clone(), embeds.clone(), mask.clone())
+    if not isinstance(got, (tuple, list)) or len(got) != 2: raise ExerciseError(f"expected a pair (embeds, attention_mask), got {type(got).__name__}")
+    expect_close(got[0], want["inputs_embeds"], "the embeddings with the soft prompt in front (2 texts, 3 virtual tokens)")
+    expect_equal(torch.as_tensor(got[1]).tolist(), want["attention_mask"].tolist(), "the lengthened attention mask")
+
+@exercise("prompt_tuning_prefix_attention", "08a_prompt_tuning", "write prefix_attention(q, k, v, prefix_keys, prefix_values, attention_mask): one attention head over n prefix keys and values followed by the T input ones; padding hidden, the prefix always visible",
+          hint="cat the prefix before k and before v on the token dimension; scores = q @ keysᵀ / sqrt(head size), shape (batch, T, n + T); add a very negative number (torch.finfo(q.dtype).min) where the input's mask is 0, never on the n prefix columns; softmax over the last dimension, then multiply by the values")
+def _check_prompt_tuning_prefix_attention(prefix_attention):
+    from transformers import BertConfig, BertModel
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        bert = BertModel(BertConfig(vocab_size=20, hidden_size=8, num_hidden_layers=1, num_attention_heads=1, intermediate_size=16,
+                                    max_position_embeddings=16, attention_probs_dropout_prob=0.0), add_pooling_layer=False).eval()
+        attention = PrefixSelfAttention(bert.encoder.layer[0].attention.self, n_tokens=3)
+        with torch.no_grad(): attention.prefix_keys.normal_(); attention.prefix_values.normal_()
+        hidden = torch.randn(2, 5, 8)
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])
+    additive = (1 - mask[:, None, None, :].float()) * torch.finfo(torch.float32).min     # BERT's extended mask (batch, 1, 1, T)
+    base = attention.base_layer
+    with torch.no_grad():
+        want = attention(hidden, attention_mask=additive)[0]
+        got = prefix_attention(base.query(hidden), base.key(hidden), base.value(hidden),
+                               attention.prefix_keys.detach().clone(), attention.prefix_values.detach().clone(), mask.clone())
+    expect_close(got, want, "the attention output for 2 texts of 5 tokens (the second with 2 padding tokens), 3 prefix tokens, one head of width 8")

@@ -282,3 +282,74 @@ def icl_classify(model:nn.Module, # a causal LM
         free = icl_scores(model, tokenizer, ["N/A", "", "[MASK]"], label_words, examples, instruction, **kwargs)
         scores = contextual_calibration(scores, free)
     return scores.argmax(-1).tolist()
+
+# %% ../nbs/08_prompting.ipynb #69a49229
+from .exercises import exercise, expect_close, expect_equal, ExerciseError
+
+# %% ../nbs/08_prompting.ipynb #487c3e08
+def _cloze_fixture()->tuple:
+    "For the cloze checkers: a tiny random masked LM, a tokenizer with one id per word (no files), its vocabulary, and 3 rows of ids with one mask each."
+    from transformers import BertConfig, BertForMaskedLM
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "bad", "awful", "terrible", "good", "great", "it", "was", "the", "food", "cold"]
+    vocab = {w: i for i, w in enumerate(words)}
+    class Tokenizer:
+        "One id per word, split on spaces; a word outside the vocabulary is [UNK]."
+        mask_token_id, unk_token_id, pad_token_id, unk_token = vocab["[MASK]"], vocab["[UNK]"], vocab["[PAD]"], "[UNK]"
+        def __call__(self, text, add_special_tokens=False): return {"input_ids": [vocab.get(w, vocab["[UNK]"]) for w in text.split()]}
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        mlm = BertForMaskedLM(BertConfig(vocab_size=len(words), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                         intermediate_size=32, max_position_embeddings=16)).eval()
+        ids = torch.randint(vocab["bad"], len(words), (3, 7))
+    ids[:, 0], ids[:, -1] = vocab["[CLS]"], vocab["[SEP]"]
+    ids[torch.arange(3), torch.tensor([2, 4, 5])] = vocab["[MASK]"]
+    return mlm, Tokenizer(), vocab, ids
+
+@exercise("prompting_write_prompt", "08_prompting", "write write_prompt(query, examples, label_words): the in-context prompt of few_shot_prompt, without an instruction",
+          hint="each demonstration is 'Review: <text>' on one line and 'Sentiment: <label word>' on the next, then an empty line; the query is 'Review: <query>' and a last line 'Sentiment:' with nothing after it")
+def _check_prompting_write_prompt(write_prompt):
+    cases = [("Loved it.", [], ("negative", "positive")),
+             ("Cold soup.", [("Great pizza, friendly staff.", 1), ("The screen cracked on day one.", 0)], ("negative", "positive")),
+             ("Fine.", [("Meh.", 0)], ("bad", "good"))]
+    for query, examples, words in cases:
+        expect_equal(write_prompt(query, list(examples), words), few_shot_prompt(query, examples, label_words=words),
+                     f"the prompt for {len(examples)} demonstration(s) and the label words {words}")
+
+@exercise("prompting_label_scores", "08_prompting", "write label_scores(log_probs, word_ids): from the log-probabilities at the mask (batch, vocab), each label's score: the log of the summed probabilities of its words",
+          hint="for label i take log_probs[:, word_ids[i]], shape (batch, words), and combine the words with torch.logsumexp over the last dimension — probabilities add up, log-probabilities do not; stack the labels on the last dimension")
+def _check_prompting_label_scores(label_scores):
+    mlm, tokenizer, vocab, ids = _cloze_fixture()
+    verbalizer = Verbalizer((("bad", "awful", "terrible"), ("good", "great")))
+    clf, mask = ClozeClassifier(mlm, tokenizer, verbalizer).eval(), torch.ones_like(ids)
+    at = (ids == tokenizer.mask_token_id).int().argmax(1, keepdim=True)
+    with torch.no_grad():
+        log_probs = clf.mask_logits(ids, mask, at)[:, 0].log_softmax(-1)             # (batch, vocab)
+        want = clf(input_ids=ids, attention_mask=mask).logits
+        got = label_scores(log_probs.clone(), [[vocab[w] for w in words] for words in verbalizer.words])
+    expect_close(got, want, "the label scores of 3 clozes for the verbalizer (bad, awful, terrible) / (good, great)")
+
+@exercise("prompting_calibration", "08_prompting", "write calibrate(scores, content_free): divide each label's probability by its mean probability on the content-free inputs, renormalise, and return log-probabilities",
+          hint="softmax both over the labels; average the content-free rows' probabilities (not their log-probabilities) into one prior; divide every row by it, renormalise each row to sum 1, and return the log")
+def _check_prompting_calibration(calibrate):
+    g = torch.Generator().manual_seed(0)
+    scores, free = 3 * torch.randn(6, 3, generator=g), 2 * torch.randn(2, 3, generator=g)
+    want = contextual_calibration(scores, free)
+    got = calibrate(scores.clone(), free.clone())
+    if torch.is_tensor(got) and got.shape == want.shape:
+        if torch.allclose(got, want.exp(), atol=1e-5): raise ExerciseError("these are probabilities: return their log, as contextual_calibration does")
+        log_prior = free.log_softmax(-1).mean(0)
+        if torch.allclose(got, (scores.log_softmax(-1) - log_prior).log_softmax(-1), atol=1e-5):
+            raise ExerciseError("the prior is the mean of the content-free log-probabilities; Zhao et al. average the probabilities")
+    expect_close(got, want, "the calibrated log-probabilities of 6 examples, 3 labels, 2 content-free inputs")
+
+@exercise("prompting_calibration_threshold", "08_prompting", "write threshold(prior_positive): with two labels, the probability of 'positive' above which the calibrated prediction is 'positive', if content-free inputs get 'positive' with probability prior_positive",
+          hint="after calibration 'positive' wins when p / prior > (1 - p) / (1 - prior); solve that inequality for p")
+def _check_prompting_calibration_threshold(threshold):
+    def calibrated_positive(p, prior):
+        return contextual_calibration(torch.tensor([[1 - p, p]]).log(), torch.tensor([[1 - prior, prior]]).log()).exp()[0, 1].item()
+    for prior in (0.2, 0.5, 0.7, 0.9):
+        low, high = 1e-6, 1 - 1e-6
+        for _ in range(40):                            # bisection: where the calibrated probability crosses 1/2
+            middle = (low + high) / 2
+            low, high = (low, middle) if calibrated_positive(middle, prior) > 0.5 else (middle, high)
+        expect_close(threshold(prior), (low + high) / 2, f"the threshold when content-free inputs give 'positive' the probability {prior}", atol=1e-4, rtol=0)

@@ -627,3 +627,64 @@ def what_changed(model_name:str, # a name for `load_plm`, e.g. "minilm-l6"
                 result["agreement"].append(dict(a=a, b=b, split=split, rho=[None if np.isnan(r) else float(r) for r in rho],
                                                 mean=float(np.nanmean(rho)), median=float(np.nanmedian(rho))))
     return result
+
+# %% ../nbs/11_interpretability.ipynb #a18eb82b
+from .exercises import exercise, expect_close, expect_equal, ExerciseError
+
+# %% ../nbs/11_interpretability.ipynb #66cc12c5
+@exercise("explain_grad_x_input", "11_interpretability", "write grad_times_input(f, x): the score of each row (token) of x, (x · ∂f/∂x) summed over the row",
+          hint="make a copy of x that requires grad, take torch.autograd.grad(f(x_copy), x_copy), multiply by x element by element and sum over the last dimension")
+def _check_explain_grad_x_input(grad_times_input):
+    g = torch.Generator().manual_seed(0)
+    x, w = torch.randn(5, 4, generator=g, dtype=torch.float64), torch.randn(5, 4, generator=g, dtype=torch.float64)
+    expect_close(grad_times_input(lambda z: (w * z).sum() + 2.0, x.clone()), (w * x).sum(-1),
+                 "the scores of the linear f(x) = Σ w·x + 2 (its gradient is w, so each token's score is Σ_d w·x)")
+    v = torch.randn(4, generator=g, dtype=torch.float64)
+    f = lambda z: torch.tanh(z @ v).sum() + (z ** 2).sum()
+    x_ = x.clone().requires_grad_()
+    grad, = torch.autograd.grad(f(x_), x_)
+    expect_close(grad_times_input(f, x.clone()), (x * grad).sum(-1), "the scores of f(x) = Σ tanh(x·v) + Σ x², against autograd")
+
+@exercise("explain_ig_riemann", "11_interpretability", "write ig_scores(f, x, x0, steps): integrated gradients from the baseline x0 to x with the midpoint Riemann sum (Captum's riemann_middle)",
+          hint="points x0 + α_k (x − x0) with α_k = (k + 0.5) / steps for k = 0 … steps−1; the gradient of f at every point (one autograd call on f(points).sum()); average the gradients and multiply by x − x0")
+def _check_explain_ig_riemann(ig_scores):
+    x = torch.tensor([1.0, -2.0, 0.5, 3.0], dtype=torch.float64)
+    cube = lambda z: (z ** 3).sum(-1)
+    for steps in (4, 10):   # midpoint rule on ∫ 3α² dα: 1 − 1/(4·steps²); the left and right rules give other numbers
+        expect_close(ig_scores(cube, x, torch.zeros(4, dtype=torch.float64), steps), x ** 3 * (1 - 1 / (4 * steps ** 2)),
+                     f"the scores of f(x) = Σ x³ from the baseline 0 with {steps} steps (exact integral: x³; the midpoint rule gives x³·(1 − 1/(4·steps²)))", atol=1e-9, rtol=1e-9)
+    g = torch.Generator().manual_seed(0)
+    w, x0 = torch.randn(4, generator=g, dtype=torch.float64), torch.randn(4, generator=g, dtype=torch.float64)
+    f = lambda z: torch.sin(z @ w) + (z ** 2).sum(-1)
+    alphas, weights = path_points(16, "riemann_middle")
+    points = (x0 + alphas.to(x.dtype)[:, None] * (x - x0)).requires_grad_()
+    grads, = torch.autograd.grad(f(points).sum(), points)
+    expect_close(ig_scores(f, x, x0, 16), (x - x0) * (weights.to(x.dtype)[:, None] * grads).sum(0),
+                 "the scores of f(x) = sin(x·w) + Σ x² from a random baseline with 16 steps, against path_points('riemann_middle') and autograd", atol=1e-9, rtol=1e-7)
+    total = float(torch.as_tensor(ig_scores(f, x, x0, 200)).sum())
+    expect_close(total, float(f(x[None]) - f(x0[None])), "completeness at 200 steps: the sum of the scores against f(x) − f(x0)", atol=1e-3, rtol=1e-3)
+
+@exercise("explain_linear_cka", "11_interpretability", "write cka(x, y): linear CKA of two (n, d1) and (n, d2) representations of the same n examples",
+          hint="centre every column first (subtract the mean over the n examples), then ‖YᵀX‖²_F / (‖XᵀX‖_F · ‖YᵀY‖_F); np.linalg.norm of a matrix is its Frobenius norm")
+def _check_explain_linear_cka(cka):
+    rng = np.random.default_rng(0)
+    X, Y = rng.normal(size=(40, 6)), rng.normal(size=(40, 3))
+    Q, _ = np.linalg.qr(rng.normal(size=(6, 6)))
+    cases = [(X, Y, "two unrelated random representations of different widths"),
+             (X, X @ rng.normal(size=(6, 6)), "X against a random linear map of X"),
+             (X, np.tanh(X[:, :4]) + 0.1 * Y[:, :1], "X against a nonlinear function of part of X"),
+             (X, 3 * X @ Q + 5, "X against 3·X·Q + 5 (rotated, scaled, shifted: CKA must be 1)"),
+             (X + 5, X * np.arange(1, 7), "X + 5 against X with its columns scaled 1…6 (did you centre the columns?)")]
+    for x, y, what in cases: expect_close(float(cka(x.copy(), y.copy())), linear_cka(x, y), what, atol=1e-9, rtol=1e-7)
+
+@exercise("explain_energy_predict", "11_interpretability", "predict (share of ‖ΔW‖² in the top 8 directions of ΔW = 0.01·I₃₈₄, directions it needs for 90%, the most directions any rank-8 LoRA update needs for 90%)",
+          hint="all 384 singular values of 0.01·I are equal, so each direction holds 1/384 of the energy; a rank-8 matrix has at most 8 non-zero singular values")
+def _check_explain_energy_predict(answer):
+    if not isinstance(answer, (tuple, list)) or len(answer) != 3: raise ExerciseError(f"expected three numbers (top-8 share, directions for 90%, LoRA's most), got {answer!r}")
+    s = singular_values(0.01 * torch.eye(384))
+    expect_close(answer[0], top_energy(s, 8), "the share of the energy of 0.01·I₃₈₄ in its top 8 directions", atol=5e-4, rtol=0)
+    expect_equal(answer[1], rank_for_energy(s, 0.9), "the number of directions holding 90% of the energy of 0.01·I₃₈₄")
+    g = torch.Generator().manual_seed(0)
+    worst = max(rank_for_energy(singular_values(torch.randn(384, 8, generator=g) @ torch.randn(8, 384, generator=g)), 0.9) for _ in range(3))
+    if answer[2] < worst: raise ExerciseError(f"the most directions a rank-8 update needs for 90% of its energy: a random rank-8 update already needs {worst}, more than {answer[2]!r}")
+    expect_equal(answer[2], 8, "the most directions a rank-8 update can need for 90% of its energy")

@@ -610,3 +610,57 @@ def with_copies(data, # a `DatasetDict` from `load_task`
     "`data` with `copies` added to its training split (only `text` and `label` kept there)."
     from datasets import DatasetDict, concatenate_datasets
     return DatasetDict({**data, "train": concatenate_datasets([data["train"].select_columns(["text", "label"]), copies])})
+
+# %% ../nbs/10_robustness.ipynb #7b7fd41b
+from .exercises import exercise, expect_close, expect_equal, ExerciseError
+
+# %% ../nbs/10_robustness.ipynb #c829fcc0
+@exercise("robust_levenshtein", "10_robustness", "write edit_distance(a, b): the fewest single-character insertions, deletions and substitutions that turn a into b",
+          hint="dynamic programming over prefixes: d[i][j] = min(d[i-1][j] + 1, d[i][j-1] + 1, d[i-1][j-1] + (a[i-1] != b[j-1])), with d[i][0] = i and d[0][j] = j")
+def _check_robust_levenshtein(edit_distance):
+    pairs = [("terrible", "terrbile"), ("good", "god"), ("", "abc"), ("abc", ""), ("", ""), ("kitten", "sitting"), ("flaw", "lawn"), ("Good", "good"), ("same", "same")]
+    rng = random.Random(0)
+    pairs += [("".join(rng.choice("abc") for _ in range(rng.randrange(8))), "".join(rng.choice("abc") for _ in range(rng.randrange(8)))) for _ in range(30)]
+    for a, b in pairs: expect_equal(edit_distance(a, b), levenshtein(a, b), f"edit_distance({a!r}, {b!r})")
+
+@exercise("robust_swap_letters", "10_robustness", "write swap_letters(word, rng): swap two adjacent letters that differ, at a position drawn with rng; None when no such pair exists",
+          hint="collect every i where word[i] and word[i+1] are both letters and differ, draw one with rng.choice, return word[:i] + word[i+1] + word[i] + word[i+2:]")
+def _check_robust_swap_letters(swap_letters):
+    for word in ("aa", "a", "", "a-b", "77", "a'a"):
+        expect_equal(swap_letters(word, random.Random(0)), None, f"swap_letters({word!r}) (no two different letters side by side)")
+    rng = random.Random(0)
+    for word in ("terrible", "good", "Booked", "don't", "aab"):
+        spots = {i for i in range(len(word) - 1) if word[i].isalpha() and word[i + 1].isalpha() and word[i] != word[i + 1]}
+        seen = set()
+        for _ in range(200):
+            new = swap_letters(word, rng)
+            if not isinstance(new, str) or len(new) != len(word): raise ExerciseError(f"swap_letters({word!r}) gave {new!r}: expected a word of {len(word)} characters")
+            diff = [i for i, (a, b) in enumerate(zip(word, new)) if a != b]
+            if len(diff) != 2 or diff[1] != diff[0] + 1 or new[diff[0]] != word[diff[1]] or new[diff[1]] != word[diff[0]]:
+                raise ExerciseError(f"swap_letters({word!r}) gave {new!r}: expected exactly two neighbouring characters swapped, and the word changed")
+            if diff[0] not in spots: raise ExerciseError(f"swap_letters({word!r}) gave {new!r}: it swapped {word[diff[0]:diff[0] + 2]!r}, which are not two letters")
+            seen.add(diff[0])
+        if seen != spots: raise ExerciseError(f"swap_letters({word!r}) in 200 draws swapped at positions {sorted(seen)}; the positions it may swap at are {sorted(spots)}: draw among all of them with rng")
+
+def _results(succeeded:int, # how many results succeeded
+             failed:int, # failed
+             skipped:int, # skipped
+            )->list:
+    "Dummy `AttackResult`s with the given counts of each status (for the summary exercise)."
+    return [AttackResult("", "", 0, 0, 0, 1.0, 1.0, s, 0, 1, 1) for s, k in (("succeeded", succeeded), ("failed", failed), ("skipped", skipped)) for _ in range(k)]
+
+@exercise("robust_attack_figures", "10_robustness", "write attack_figures(succeeded, failed, skipped): TextAttack's original accuracy, accuracy under attack and attack success rate, in %, from the three counts",
+          hint="all texts = succeeded + failed + skipped; original accuracy = not skipped / all; accuracy under attack = failed / all; success rate = succeeded / (succeeded + failed), 0 when nothing was attacked")
+def _check_robust_attack_figures(attack_figures):
+    keys = ("original accuracy", "accuracy under attack", "attack success rate")
+    for counts in ((35, 19, 6), (22, 34, 4), (1, 2, 3), (5, 0, 0), (0, 7, 3), (0, 0, 5)):
+        got = attack_figures(*counts)
+        if not isinstance(got, (tuple, list)) or len(got) != 3: raise ExerciseError(f"attack_figures{counts} gave {got!r}: expected three numbers (original accuracy, accuracy under attack, success rate)")
+        want = attack_summary(_results(*counts))
+        for k, g in zip(keys, got): expect_close(g, want[k], f"the {k} (%) for {counts[0]} succeeded, {counts[1]} failed, {counts[2]} skipped", atol=1e-6)
+
+@exercise("robust_standard_error", "10_robustness", "predict the standard error, in percentage points, of full fine-tuning's accuracy under TextFooler: 29 of 60 attacked reviews still right",
+          hint="an accuracy p measured on n independent reviews has standard error sqrt(p (1 - p) / n); here p = 29/60 and n = 60; multiply by 100 for points")
+def _check_robust_standard_error(points):
+    p, n = 29 / 60, 60
+    expect_close(points, 100 * math.sqrt(p * (1 - p) / n), "the standard error in percentage points (within 2%)", atol=0, rtol=0.02)

@@ -15,9 +15,9 @@ from torch import nn
 from .freeze import freeze, unfreeze, train_head_only, train_top_layers, train_bitfit, freeze_embeddings, model_parts
 
 # %% auto #0
-__all__ = ['METHODS', 'PLUGIN_MODULES', 'Method', 'register_method', 'load_plugins', 'get_method', 'base_fingerprint',
-           'current_method', 'remove_method', 'apply_method', 'TopKConfig', 'trainable_state_dict', 'tensors_sha256',
-           'save_trainable', 'read_checkpoint', 'load_trainable']
+__all__ = ['METHODS', 'PLUGIN_MODULES', 'METHOD_COLOURS', 'Method', 'register_method', 'load_plugins', 'get_method',
+           'base_fingerprint', 'current_method', 'remove_method', 'apply_method', 'method_diagram', 'TopKConfig',
+           'trainable_state_dict', 'tensors_sha256', 'save_trainable', 'read_checkpoint', 'load_trainable']
 
 # %% ../nbs/05a_methods.ipynb #e911e43e
 @dataclass
@@ -151,6 +151,57 @@ def apply_method(model:nn.Module, # a 🤗 Transformers model with a task head
     model.lightft_method, model.lightft_options = name, options
     model.lightft_base_fingerprint, model.lightft_requires_grad = fingerprint, flags
     return model
+
+
+# %% ../nbs/05a_methods.ipynb #83018f2c
+import matplotlib.pyplot as plt
+from matplotlib.patches import FancyBboxPatch
+
+# %% ../nbs/05a_methods.ipynb #ccc20da4
+METHOD_COLOURS = {"full": "#7f7f7f", "head": "#1f77b4", "top-k": "#17becf", "bitfit": "#d62728", "houlsby": "#2ca02c",
+                  "pfeiffer": "#98df8a", "lora": "#9467bd", "prompt": "#ff7f0e", "prefix": "#e377c2"}
+
+# (x, y, width, height, label, methods that train or add it); one encoder layer, bottom to top
+_PARTS = [
+    (0.05, 0.02, 0.30, 0.07, "soft prompt: n trainable vectors\nbefore the tokens", {"prompt"}),
+    (0.38, 0.02, 0.57, 0.07, "token + position embeddings", {"full"}),
+    (0.38, 0.14, 0.57, 0.10, "self-attention: Q, K, V projections, softmax(QKᵀ/√d)V", {"full", "top-k"}),
+    (0.05, 0.14, 0.30, 0.10, "prefix: trainable K, V\nin every layer", {"prefix"}),
+    (0.38, 0.26, 0.27, 0.06, "LoRA on Q, V: W₀x + (α/r)·BAx", {"lora"}),
+    (0.68, 0.26, 0.27, 0.06, "attention output + LayerNorm", {"full", "top-k"}),
+    (0.05, 0.34, 0.30, 0.07, "Houlsby adapter\n(after attention)", {"houlsby"}),
+    (0.38, 0.44, 0.57, 0.10, "feed-forward: W₂ GELU(W₁x + b₁) + b₂", {"full", "top-k"}),
+    (0.05, 0.57, 0.30, 0.07, "Houlsby and Pfeiffer adapter\n(after the feed-forward)", {"houlsby", "pfeiffer"}),
+    (0.38, 0.57, 0.57, 0.07, "output + LayerNorm", {"full", "top-k"}),
+    (0.38, 0.68, 0.57, 0.06, "every bias b of every layer (BitFit)", {"bitfit"}),
+    (0.38, 0.84, 0.57, 0.10, "task head (classifier, token tagger, span scorer)", {"full", "head", "top-k", "bitfit", "houlsby", "pfeiffer", "lora", "prompt", "prefix"}),
+]
+
+def method_diagram(highlight:str|None=None, # a method to show alone ("lora", "houlsby", ...); None: every method in its colour
+                   ax=None, # draw into this matplotlib axes (default: a new figure)
+                  ):
+    "One Transformer encoder layer with where each lightweight method acts: what it trains or adds is coloured, the frozen rest grey."
+    if highlight is not None and highlight.startswith("top"): highlight = "top-k"
+    if highlight is not None and highlight not in METHOD_COLOURS:
+        raise ValueError(f"no method {highlight!r} in the diagram; methods: {', '.join(METHOD_COLOURS)}")
+    if ax is None: _, ax = plt.subplots(figsize=(9, 6.2))
+    for x, y, w, h, label, methods in _PARTS:
+        shown = [m for m in METHOD_COLOURS if m in methods and (highlight is None or m == highlight) and m != "full"]
+        if highlight == "full" and "full" in methods: shown = ["full"]
+        colour = METHOD_COLOURS[shown[0]] if shown else "#eeeeee"
+        ax.add_patch(FancyBboxPatch((x, y), w, h, boxstyle="round,pad=0.005", facecolor=colour, alpha=0.85 if shown else 1.0,
+                                    edgecolor="#555555", linewidth=0.8))
+        ax.text(x + w / 2, y + h / 2, label, ha="center", va="center", fontsize=8.5, color="white" if shown and colour not in ("#98df8a", "#17becf") else "black")
+    ax.annotate("", xy=(0.665, 0.84), xytext=(0.665, 0.74), arrowprops=dict(arrowstyle="->", color="#555555"))
+    ax.text(0.975, 0.42, "× N layers", rotation=90, ha="center", va="center", fontsize=9, color="#555555")
+    ax.add_patch(FancyBboxPatch((0.36, 0.12), 0.61, 0.64, boxstyle="round,pad=0.005", fill=False, edgecolor="#999999", linestyle="--"))
+    ax.set_xlim(0, 1); ax.set_ylim(0, 0.97); ax.axis("off")
+    if highlight is None:
+        handles = [plt.Rectangle((0, 0), 1, 1, color=c) for m, c in METHOD_COLOURS.items() if m != "full"]
+        ax.legend(handles, [m for m in METHOD_COLOURS if m != "full"], loc="upper left", fontsize=8, ncol=2, frameon=False, bbox_to_anchor=(0.0, 0.97))
+        ax.set_title("Where each method acts in a Transformer layer (grey: frozen; full fine-tuning trains everything)", fontsize=10)
+    else: ax.set_title(f"{highlight}: what it trains or adds (coloured); the rest stays frozen", fontsize=10)
+    return ax.figure
 
 
 # %% ../nbs/05a_methods.ipynb #87e0f14c

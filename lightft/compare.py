@@ -286,9 +286,9 @@ HEADLINE = {"accuracy": ("acc %", "pct"), "f1": ("F1 %", "pct"), "exact_match": 
 
 def _columns(rows):
     report = "test" if any(k.startswith("test_") for r in rows for k in r) else "validation"
-    metrics = [m for m in ("chrf", "bleu", "exact_match", "f1", "accuracy") if any(f"{report}_{m}" in r for r in rows)]
-    metrics = metrics[:2] if metrics[0] in ("chrf", "exact_match") else metrics[:1]     # translation: chrF, BLEU; QA: EM, F1; else one
-    metrics = ["exact_match", "f1"] if "exact_match" in metrics else metrics
+    has = lambda m: any(f"{report}_{m}" in r for r in rows)
+    metrics = (["chrf", "bleu"] if has("chrf") else ["exact_match", "f1"] if has("exact_match")      # translation; extractive QA
+               else ["f1"] if has("f1") else ["accuracy"])                                          # tagged words; classification
     cols = [("method", "method", "str"), ("trainable", "trainable", "int"), ("% trainable", "pct_trainable", "str")]
     cols += [(f"{report} {HEADLINE[m][0]}", f"{report}_{m}", HEADLINE[m][1]) for m in metrics]
     cols += [(f"challenge {HEADLINE[m][0]}", f"challenge_{m}", HEADLINE[m][1]) for m in metrics if any(f"challenge_{m}" in r for r in rows)]

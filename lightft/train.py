@@ -163,7 +163,7 @@ def classification_metrics(preds, # predicted label ids
                 macro_f1=float(np.mean(f1s)) if f1s else 0.0)
 
 # %% ../nbs/04_finetuning.ipynb #03513d9a
-def _all_logits(model, loader, progress=False, pad_value=0.0):
+def _all_logits(model, loader, progress=False):
     "Logits (float32, on the CPU) and labels (if the batches have them) of `model` over a loader, in eval mode (restored after)."
     device = next(model.parameters()).device
     logits, labels = [], []
@@ -175,7 +175,7 @@ def _all_logits(model, loader, progress=False, pad_value=0.0):
             logits.append(out)
             if "labels" in batch: labels.append(batch["labels"].cpu())
     if logits[0].dim() == 3:                               # per-token outputs: batches have different lengths
-        return _pad_lengths(logits, pad_value), (_pad_lengths(labels, -100) if labels else None)
+        return _pad_lengths(logits, 0.0), (_pad_lengths(labels, -100) if labels else None)
     return torch.cat(logits), (torch.cat(labels) if labels else None)
 
 def _pad_lengths(tensors:list, value)->Tensor:
@@ -202,8 +202,8 @@ def _qa_metrics(model, tokenizer, split, batch_size:int, max_length:int, progres
     if "context" not in split.column_names:
         raise ValueError("evaluate scores extractive QA on the raw split (id, question, context, answers), not on tokenized windows")
     features = tokenize_qa(split, tokenizer, max_length=max_length, stride=qa_stride(max_length))
-    logits, _ = _all_logits(model, make_loader(features, tokenizer, batch_size), progress, pad_value=-1e4)
-    logits = without_padding(logits, _pad_lengths([torch.tensor([m]) for m in features["attention_mask"]], 0))   # padding is never an answer
+    logits, _ = _all_logits(model, make_loader(features, tokenizer, batch_size), progress)
+    logits = without_padding(logits, _pad_lengths([torch.tensor([m]) for m in features["attention_mask"]], 0))   # no padding is an answer: a batch's, or between batches
     starts, ends = torch.tensor(features["start_positions"]), torch.tensor(features["end_positions"])
     loss = (F.cross_entropy(logits[..., 0], starts) + F.cross_entropy(logits[..., 1], ends)) / 2
     best = qa_predictions(features, logits[..., 0].numpy(), logits[..., 1].numpy(), dict(zip(split["id"], split["context"])))

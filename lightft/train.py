@@ -289,6 +289,8 @@ class History:
     trainable:int = 0                          # trainable parameters
     total:int = 0                              # all parameters
     config:dict = field(default_factory=dict)  # the settings of the run
+    epsilon:float|None = None                  # privacy spent, when trained with `privacy=` (DP-SGD, chapter 12): ε from the accountant
+    delta:float|None = None                    # and its δ: the run is (ε, δ)-differentially private
 
     @property
     def losses(self)->list: return [s["loss"] for s in self.steps]
@@ -306,7 +308,8 @@ class History:
         metrics = ", ".join(f"{k[5:]} {v:.4f}" for k, v in self.best.items() if k.startswith("eval_") and k != "eval_n")
         return (f"{len(self.steps)} steps, {len(self.epochs)} epochs; best epoch {self.best_epoch}: {metrics or 'not evaluated'}; "
                 f"{self.trainable:,} of {self.total:,} parameters trained; {self.seconds:.1f} s "
-                f"({self.seconds_per_step:.3f} s/step, {self.cpu_seconds:.1f} s CPU); peak memory {self.peak_mb:,.0f} MiB")
+                f"({self.seconds_per_step:.3f} s/step, {self.cpu_seconds:.1f} s CPU); peak memory {self.peak_mb:,.0f} MiB"
+                + (f"; (ε = {self.epsilon:.2f}, δ = {self.delta:g})-differentially private" if self.epsilon is not None else ""))
     def __repr__(self): return f"History({self.summary()})"
 
     def to_dict(self)->dict:
@@ -315,7 +318,7 @@ class History:
     @classmethod
     def from_dict(cls, d:dict)->History:
         "The `History` that `to_dict` wrote."
-        return cls(**d)
+        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
 
 # %% ../nbs/04_finetuning.ipynb #a8925e84
 def _moving_average(xs, window): return np.convolve(xs, np.ones(window) / window, mode="valid")
@@ -409,6 +412,7 @@ def fit(model:nn.Module, # a classifier; only its trainable parameters (`require
         device:str|torch.device|None=None, # default: `get_device()`
         grad_accum:int=1, # split each batch into this many micro-batches, accumulating their gradients (same result, less memory)
         precision:str="fp32", # "fp32"; "bf16" (autocast, CPU or CUDA); "fp16" (autocast with a gradient scaler, CUDA only)
+        privacy=None, # a `lightft.privacy.PrivacyConfig`: differentially private training (DP-SGD through Opacus, chapter 12); None: ordinary training
        )->History:
     "Train the trainable parameters of `model` with AdamW, linear warmup and decay, and gradient clipping; evaluate every epoch and keep the best one."
     check_fit_settings(epochs=epochs, lr=lr, batch_size=batch_size, max_length=max_length, train_subset=train_subset,
@@ -430,6 +434,9 @@ def fit(model:nn.Module, # a classifier; only its trainable parameters (`require
         accelerator = Accelerator(cpu=device.type == "cpu", dataloader_config=DataLoaderConfiguration(split_batches=True))   # each process: a slice of every batch
         device = accelerator.device
         progress = progress and accelerator.is_main_process
+    if privacy is not None and (accelerator is not None or grad_accum != 1 or precision != "fp32"):
+        raise ValueError(f"fit: privacy= (DP-SGD) runs in one process, in fp32, without grad_accum (got {'several processes, ' if accelerator else ''}"
+                         f"grad_accum={grad_accum}, precision={precision!r}); Opacus's virtual steps and mixed precision are not wired in")
     if precision == "fp16" and device.type != "cuda": raise ValueError(f"fit: precision='fp16' needs a CUDA device (this run is on {device.type}); use 'bf16'")
     model.to(device)
     train = data[train_split]
@@ -452,7 +459,13 @@ def fit(model:nn.Module, # a classifier; only its trainable parameters (`require
                                warmup_steps=warmup_steps_for(total_steps, warmup_ratio), device=str(device)))
     best_score, best_state, step, cpu_start = None, None, 0, time.process_time()
     scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
-    raw_model = model                          # evaluation runs on the model itself, not on its DDP wrapper
+    raw_model = model                          # evaluation runs on the model itself, not on its DDP or Opacus wrapper
+    private = None
+    if privacy is not None:                    # DP-SGD: Poisson-sampled batches, per-example clipping and noise (chapter 12)
+        from lightft.privacy import make_private
+        private = make_private(model, optimizer, loader, privacy, epochs=epochs)
+        model, optimizer, loader = private.model, private.optimizer, private.loader
+        hist.config.update(privacy=privacy.to_dict(), noise_multiplier=private.noise_multiplier, sample_rate=private.sample_rate)
     if accelerator is not None:                # DDP wraps the model (gradients are averaged over the processes), the loader is sharded
         model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
     with measure(device) as m:
@@ -474,7 +487,7 @@ def fit(model:nn.Module, # a classifier; only its trainable parameters (`require
                         else: (scaler.scale(part) if scaler else part).backward()
                         loss = loss + part.detach()
                     if scaler: scaler.unscale_(optimizer)       # clip the true gradients, not the scaled ones
-                    grad_norm = nn.utils.clip_grad_norm_(trainable.values(), max_grad_norm or math.inf)
+                    grad_norm = nn.utils.clip_grad_norm_(trainable.values(), math.inf if private or not max_grad_norm else max_grad_norm)   # DP clips each example instead
                     lr_now = optimizer.param_groups[0]["lr"]
                     if scaler: scaler.step(optimizer); scaler.update()
                     else: optimizer.step()
@@ -501,6 +514,10 @@ def fit(model:nn.Module, # a classifier; only its trainable parameters (`require
             with torch.no_grad():
                 for n, p in trainable.items(): p.copy_(best_state[n])
             hist.restored = True
+    if private is not None:
+        hist.epsilon, hist.delta = private.epsilon(), privacy.delta
+        private.close()                        # the caller's model again: no hooks, no per-example gradients
+        model = raw_model
     hist.seconds, hist.cpu_seconds, hist.peak_mb, hist.start_mb = m.seconds, time.process_time() - cpu_start, m.peak_mb, m.start_bytes / 2**20
     if accelerator is not None: model = accelerator.unwrap_model(model)   # the caller's own model, trained
     model.eval()

@@ -8,7 +8,8 @@ ROOT = Path(__file__).resolve().parents[1]
 SMOKE = [("attention.py", ["--threads", "1"], ["QUICK", "nn.MHA", "ratio"]),
          ("adapter_step.py", [], ["time ratio ours/AdapterHub"]),
          ("peft_step.py", [], ["time ratio"]),
-         ("scale.py", [], ["tokens/s", "bf16/fp32 speed"])]
+         ("scale.py", [], ["tokens/s", "bf16/fp32 speed"]),
+         ("privacy_step.py", [], ["DP/plain time", "memory"])]
 
 
 @pytest.mark.parametrize("script,extra,expected", SMOKE, ids=[s for s, _, _ in SMOKE])

@@ -67,7 +67,7 @@ TASKS = {
         how_to_get="download aclImdb_v1.tar.gz from https://ai.stanford.edu/~amaas/data/sentiment/, unpack it and call load_task('imdb', data_dir='path/to/aclImdb')"),
 }
 
-TASK_MODULES = ("lightft.tasks",)   # chapter modules that register more tasks (chapter 9: NER, QA, translation)
+TASK_MODULES = ("lightft.tasks", "lightft.crosslingual")   # chapter modules that register more tasks (chapter 9: NER, QA, translation; chapter 12b: sentiment-zh)
 
 def register_task(spec:TaskSpec, # the task to add to `TASKS` under `spec.name`
                   replace:bool=False, # allow replacing a task already registered under that name
@@ -163,9 +163,10 @@ def jaccard(a:set, # a set, e.g. `word_ngrams(text1)`
 def near_duplicate_pairs(texts:list, # the texts to compare, all against all
                          threshold:float=0.8, # report pairs with Jaccard similarity above this
                          n:int=3, # words per gram
+                         grams=None, # grams(text, n) -> set of the text's grams; default `word_ngrams` (chapter 12b passes character n-grams for Chinese)
                         )->list:
-    "All pairs `(i, j, similarity)` with `i < j` whose word n-gram Jaccard similarity exceeds `threshold`, most similar first."
-    grams = [word_ngrams(t, n) for t in texts]
+    "All pairs `(i, j, similarity)` with `i < j` whose n-gram Jaccard similarity exceeds `threshold`, most similar first."
+    grams = [(grams or word_ngrams)(t, n) for t in texts]
     index = defaultdict(list)
     for i, g in enumerate(grams):
         for gram in g: index[gram].append(i)
@@ -206,6 +207,21 @@ def _write_jsonl_gz(records:list, path:Path)->str:
     with open(path, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=9) as gz:
         gz.write(text.encode("utf-8"))
     return _sha256_text(text)
+
+def _write_review_splits(splits:dict, out_dir:Path, rng:random.Random, details:bool=False)->dict:
+    "Shuffle each split with `rng` and write it to `out_dir/<split>.jsonl.gz` (the review columns); return each split's manifest entry: counts (with `details`, domains and phenomena too) and sha256."
+    out_dir.mkdir(parents=True, exist_ok=True)
+    entries = {}
+    for name, items in splits.items():
+        rng.shuffle(items)
+        records = [{k: r[k] for k in ("text", "label", "domain", "group", "phenomenon")} for r in items]
+        digest = _write_jsonl_gz(records, out_dir/f"{name}.jsonl.gz")
+        positives = sum(r["label"] for r in records)
+        entries[name] = {"reviews": len(records), "positive": positives, "negative": len(records) - positives}
+        if details: entries[name].update(domains=len({r["domain"] for r in records}),
+                                         phenomena=dict(sorted(Counter(r["phenomenon"] for r in records if r["phenomenon"]).items())))
+        entries[name]["sha256"] = digest
+    return entries
 
 def build_sentiment_splits(src_dir:str|Path, # folder of source `.jsonl` files (one per group of domains)
                            out_dir:str|Path, # where to write `{split}.jsonl.gz` and `manifest.json`
@@ -249,13 +265,7 @@ def build_sentiment_splits(src_dir:str|Path, # folder of source `.jsonl` files (
             stop = len(items) if k == len(names) - 1 else start + round(len(items) * fractions[name])
             splits[name] += items[start:stop]; start = stop
     splits["challenge"] = [r for r in rows if r["hint"] == "challenge"]
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for name, items in splits.items():
-        rng.shuffle(items)
-        records = [{k: r[k] for k in ("text", "label", "domain", "group", "phenomenon")} for r in items]
-        digest = _write_jsonl_gz(records, out_dir/f"{name}.jsonl.gz")
-        positives = sum(r["label"] for r in records)
-        manifest["splits"][name] = {"reviews": len(records), "positive": positives, "negative": len(records) - positives, "sha256": digest}
+    manifest["splits"].update(_write_review_splits(splits, out_dir, rng))
     (out_dir/"manifest.json").write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
     return manifest
 
@@ -372,9 +382,13 @@ def read_polarity_csv(path:str|Path, # a `train.csv`/`test.csv` of Yelp or Amazo
     if not texts: raise ValueError(f"{path}: no rows")
     return Dataset.from_dict({"text": texts, "label": labels}, features=_features(spec))
 
-def _load_polarity_csv(spec:TaskSpec, split:str|None=None, data_dir:str|Path|None=None)->DatasetDict:
+def _require_data_dir(spec:TaskSpec, data_dir:str|Path|None)->Path:
+    "The folder of a task that reads files you have: without one, an error that says how to get them."
     if data_dir is None: raise FileNotFoundError(f"task {spec.name!r} reads files you have: {spec.how_to_get}")
-    folder = Path(data_dir)
+    return Path(data_dir)
+
+def _load_polarity_csv(spec:TaskSpec, split:str|None=None, data_dir:str|Path|None=None)->DatasetDict:
+    folder = _require_data_dir(spec, data_dir)
     for name in ("train.csv", "test.csv"):
         if not (folder/name).exists(): raise FileNotFoundError(f"{folder/name}: missing; the {spec.name} folder holds train.csv and test.csv")
     out = {}
@@ -383,8 +397,7 @@ def _load_polarity_csv(spec:TaskSpec, split:str|None=None, data_dir:str|Path|Non
     return DatasetDict({s: out[s] for s in spec.splits if s in out and (split is None or s == split)})
 
 def _load_rt_polarity(spec:TaskSpec, split:str|None=None, data_dir:str|Path|None=None, seed:int=0)->DatasetDict:
-    if data_dir is None: raise FileNotFoundError(f"task {spec.name!r} reads files you have: {spec.how_to_get}")
-    texts, labels = [], []
+    data_dir, texts, labels = _require_data_dir(spec, data_dir), [], []
     for label, name in enumerate(("rt-polarity.neg", "rt-polarity.pos")):
         path = Path(data_dir)/name
         if not path.exists(): raise FileNotFoundError(f"{path}: missing; the rt-polaritydata folder holds rt-polarity.pos and rt-polarity.neg")

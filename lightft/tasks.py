@@ -19,7 +19,7 @@ from seqeval.metrics.sequence_labeling import get_entities
 from seqeval.scheme import IOB2
 
 from .core import package_dir
-from .data import TASKS, TaskSpec, PLM_TASK_FOR_KIND, _quiet_datasets, _sha256_text, _write_jsonl_gz, read_jsonl, register_task
+from .data import TASKS, TaskSpec, PLM_TASK_FOR_KIND, _quiet_datasets, _require_data_dir, _sha256_text, _write_jsonl_gz, read_jsonl, register_task
 
 # %% auto #0
 __all__ = ['NER_TYPES', 'NER_LABELS', 'NER_FRACTIONS', 'QA_FRACTIONS', 'TRANSLATION_FRACTIONS', 'BUILDERS', 'LANGUAGES',
@@ -564,8 +564,7 @@ def read_parallel(english:str|Path, # a file of English sentences, one per line 
 
 def _load_parallel(spec:TaskSpec, split:str|None=None, data_dir:str|Path|None=None, direction:str="en-zh", seed:int=0)->DatasetDict:
     _check_direction(direction)
-    if data_dir is None: raise FileNotFoundError(f"task {spec.name!r} reads files you have: {spec.how_to_get}")
-    folder = Path(data_dir)
+    folder = _require_data_dir(spec, data_dir)
     pairs = [(e, e.with_suffix(".zh")) for e in sorted(folder.glob("*.en")) if e.with_suffix(".zh").exists()]
     if not pairs: raise FileNotFoundError(f"{folder}: no pair of line-aligned files NAME.en and NAME.zh (task {spec.name!r})")
     named = {split_of(e.name): (e, z) for e, z in pairs}

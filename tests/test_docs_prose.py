@@ -44,7 +44,7 @@ def _files():
 def allowed_values() -> dict[str, set[str]]:
     "Every string the prose may state, by kind, computed from the results files."
     rows, benches = _files()
-    ok = {k: set() for k in ("%", "±", "points", "reviews", "MiB", "kB", "MB", "×", "times", "steps", "epoch", "count")}
+    ok = {k: set() for k in ("%", "±", "points", "reviews", "MiB", "KiB", "×", "times", "steps", "epoch", "count")}
     ok["reviews"] |= {str(n) for n in N.values()}
     for model_rows in rows.values():
         for r in model_rows:
@@ -53,7 +53,7 @@ def allowed_values() -> dict[str, set[str]]:
                 ok["%"].add(f"{p:.1%}"); ok["±"].add(f"±{100 * 1.96 * (p * (1 - p) / N[split]) ** 0.5:.1f}")
             ok["%"] |= {f"{r['pct_trainable']:.2f}%", f"{r['pct_trainable']:.1f}%"}
             ok["MiB"] |= {f"{r['peak_mb']:,.0f}", f"{12 * r['trainable'] / 2**20:,.0f}"}   # gradients + Adam's 2 moments, fp32
-            ok["kB"].add(f"{r['checkpoint_bytes'] / 1e3:,.0f}"); ok["MB"].add(f"{r['checkpoint_bytes'] / 1e6:.0f}")
+            ok["KiB"].add(f"{r['checkpoint_bytes'] / 2**10:,.0f}"); ok["MiB"].add(f"{r['checkpoint_bytes'] / 2**20:,.0f}")   # binary units, as the tables
             ok["steps"].add(str(r["steps"])); ok["epoch"] |= {str(r["best_epoch"]), str(r["epochs"])}
             ok["count"] |= {f"{v:,}" for v in r.values() if isinstance(v, int)}
         for a, b in itertools.permutations(model_rows, 2):
@@ -65,6 +65,8 @@ def allowed_values() -> dict[str, set[str]]:
             ok["×"].add(f"{a['trainable'] / b['trainable']:.1f}")
     for bench in benches:
         ok["×"] |= {f"{v:.2f}" for v in bench["ratios"].values()}
+        peaks = [m["peak_mb"] for m in bench.get("memory", {}).values()]      # measured alike, in one benchmark run
+        ok["MiB"] |= {f"{a - b:,.0f}" for a, b in itertools.permutations(peaks, 2)}
         medians = bench.get("median") or bench["median_seconds_per_step"]
         ok["%"] |= {f"{a / b:.0%}" for a, b in itertools.permutations(medians.values(), 2)}
     return ok
@@ -78,7 +80,7 @@ def _kind(text: str, m: re.Match) -> str | None:
     if re.search(r"\bepochs? (?:\d+ of )?$", before): return "epoch"
     after = re.sub(rf"^(?:\s*(?:,|and|or|to)\s*{NUMBER})+", "", after)
     for kind, pattern in [("%", r"%"), ("×", r"×"), ("points", r"\s*(?:-point|points?\b)"), ("MiB", r"\s*MiB"),
-                          ("kB", r"\s*kB"), ("MB", r"\s*MB"), ("times", r"\s*times\b"), ("steps", r"\s*steps\b"),
+                          ("KiB", r"\s*KiB"), ("times", r"\s*times\b"), ("steps", r"\s*steps\b"),
                           ("reviews", r"\s*(?:of the \d+ )?reviews\b")]:
         if re.match(pattern, after): return kind
     return "count" if "," in m.group(2) else None

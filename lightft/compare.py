@@ -38,8 +38,10 @@ def _head_labels(split, kind:str)->dict:
     if kind not in ("classification", "token-classification"): return {}
     column = KIND_COLUMNS[kind][1]                             # label, or ner_tags: a ClassLabel (sequence) with the names
     feature = split.features[column]
-    names = (feature.feature if kind == "token-classification" else feature).names
-    return dict(num_labels=len(names), label_names=names)
+    names = getattr(feature.feature if kind == "token-classification" else feature, "names", None)
+    if names: return dict(num_labels=len(names), label_names=names)
+    values = split[column] if kind == "classification" else [t for tags in split[column] for t in tags]
+    return dict(num_labels=int(max(values)) + 1)               # plain integer labels: as many outputs as the largest id needs
 
 def run_method(model_name:str, # a name for `load_plm`: "minilm-l6", "tiny-bert", a folder or a hub id
                method:str, # a registered method, e.g. "bitfit" or "top2"

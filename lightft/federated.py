@@ -21,25 +21,21 @@ from .core import set_seed, param_report
 from .data import task_kind
 from .models import load_plm
 from .methods import apply_method, get_method, trainable_state_dict
-from .train import fit, evaluate, as_tokenized, check_fit_settings
+from .train import fit, evaluate, as_tokenized, check_fit_settings, check_whole
+from .compare import _head_labels
 
 # %% auto #0
 __all__ = ['split_clients', 'describe_clients', 'tensor_bytes', 'fedavg', 'update_agreement', 'FederatedHistory',
            'load_global_state', 'federated_fit']
 
 # %% ../nbs/12a_federated.ipynb #b2a08a82
-def _whole(name:str, value, low:int=1):
-    "Refuse `value` unless it is a whole number >= `low`, naming the argument."
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-        raise ValueError(f"{name} must be a whole number >= {low}, got {value!r}")
-
 def split_clients(split:Dataset, # the training split to share out, e.g. `load_task("sentiment")["train"]`
                   n_clients:int, # how many clients
                   by:str="random", # "random": IID, a seeded random partition; or a column ("domain"): whole values of it per client (non-IID)
                   seed:int=0, # seeds the partition
                  )->list:
     "Share `split` out among `n_clients` clients, every example on exactly one: IID (`by='random'`, near-equal random parts) or non-IID (`by=<column>`: the column's values are shuffled and dealt to the client with the fewest examples so far, so no value is on two clients)."
-    _whole("n_clients", n_clients)
+    check_whole("n_clients", n_clients)
     if not isinstance(split, Dataset): raise TypeError(f"split_clients needs a datasets.Dataset (one split), got {type(split).__name__}")
     if n_clients > len(split): raise ValueError(f"n_clients={n_clients} is more than the {len(split)} examples of the split: every client needs at least one")
     rng = np.random.default_rng(seed)
@@ -181,12 +177,6 @@ def plot(self:FederatedHistory, ax=None, # a Matplotlib axis to draw on; default
     return ax.figure
 
 # %% ../nbs/12a_federated.ipynb #4884b1fb
-def _label_head(split:Dataset)->dict:
-    "`num_labels` and `label_names` for the new head, read from the `label` column (its ClassLabel names, if it has them)."
-    feature = split.features.get("label")
-    if getattr(feature, "names", None): return dict(num_labels=len(feature.names), label_names=list(feature.names))
-    return dict(num_labels=int(max(split["label"])) + 1)
-
 def load_global_state(model:nn.Module, # the global model
                       state:dict, # name -> tensor, for the model's trainable parameters
                      )->nn.Module:
@@ -218,7 +208,7 @@ def federated_fit(model_name:str, # a name for `load_plm`: "minilm-l6", "tiny-be
     spec, defaults = get_method(method)
     options = dict(options or {})
     spec.check_options({**defaults, **options})                # bad options fail here, before a model is loaded
-    _whole("rounds", rounds); _whole("local_epochs", local_epochs)
+    check_whole("rounds", rounds); check_whole("local_epochs", local_epochs)
     lr = spec.lr if lr is None else lr
     check_fit_settings(epochs=local_epochs, lr=lr, batch_size=batch_size, max_length=max_length)
     if isinstance(client_splits, Dataset) or not isinstance(client_splits, (list, tuple)) or not client_splits:
@@ -231,7 +221,7 @@ def federated_fit(model_name:str, # a name for `load_plm`: "minilm-l6", "tiny-be
     if eval_data is not None and not isinstance(eval_data, Dataset):
         raise TypeError(f"eval_data must be one datasets.Dataset (a split, e.g. data['test']), got {type(eval_data).__name__}")
     start = time.perf_counter()
-    model, tokenizer = load_plm(model_name, seed=seed, **_label_head(client_splits[0]))
+    model, tokenizer = load_plm(model_name, seed=seed, **_head_labels(client_splits[0], "classification"))
     set_seed(seed)
     apply_method(model, method, **options)
     report = param_report(model)

@@ -25,7 +25,7 @@ from .data import tokenize, PadCollator, task_kind
 __all__ = ['MODEL_INPUTS', 'TARGETS', 'KIND_METRICS', 'PRECISIONS', 'qa_stride', 'as_tokenized', 'make_loader', 'logits_of',
            'task_loss', 'batch_loss', 'without_padding', 'labelled_count', 'decay_parameter_names', 'param_groups',
            'linear_warmup_decay', 'warmup_steps_for', 'make_scheduler', 'classification_metrics', 'evaluate', 'predict',
-           'History', 'check_fit_settings', 'distributed', 'autocast', 'fit', 'sample_splits']
+           'History', 'check_whole', 'check_fit_settings', 'distributed', 'autocast', 'fit', 'sample_splits']
 
 # %% ../nbs/04_finetuning.ipynb #ecb1e77e
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "labels", "start_positions", "end_positions")
@@ -363,11 +363,17 @@ def _check_labels(model:nn.Module, split, name:str):
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 
+def check_whole(name:str, # the setting's name, for the message
+                value, # what was given
+                low:int=1, # the smallest allowed value
+               )->None:
+    "Refuse `value` with one line naming it unless it is a whole number >= `low` (a bool is not a number here)."
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low: raise ValueError(f"{name} must be a whole number >= {low}, got {value!r}")
+
 def check_fit_settings(epochs:int=3, lr:float=5e-5, batch_size:int=32, max_length:int=128, train_subset:int|None=None,
                        grad_accum:int=1, precision:str="fp32", eval_batch_size:int=64)->None:
     "Refuse an out-of-range run setting of `fit` with one line naming it (`fit` and `lightft.compare` call it before any work)."
-    def whole(name, value, low):
-        if isinstance(value, bool) or not isinstance(value, int) or value < low: raise ValueError(f"{name} must be a whole number >= {low}, got {value!r}")
+    whole = check_whole
     for name, value, low in (("epochs", epochs, 1), ("batch_size", batch_size, 1), ("max_length", max_length, 2), ("eval_batch_size", eval_batch_size, 1)):
         whole(name, value, low)
     if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0: raise ValueError(f"lr must be a number > 0 (e.g. 5e-5), got {lr!r}")

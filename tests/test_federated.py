@@ -191,3 +191,10 @@ def test_federated_fit_refuses_bad_arguments(data, small):
     with pytest.raises(ValueError, match="lr must be a number > 0"): federated_fit("tiny-bert", "lora", clients, 1, 1, lr=-1)
     with pytest.raises(TypeError, match="eval_data must be one datasets.Dataset"): federated_fit("tiny-bert", "lora", clients, 1, 1, eval_data=data)
     with pytest.raises(ValueError, match="trains classifiers"): federated_fit("tiny-bert", "lora", [small.remove_columns("label")], 1, 1)
+
+
+def test_plain_integer_labels_get_a_head_of_the_right_size(small):
+    from datasets import Value
+    plain = small.select(range(24)).cast_column("label", Value("int64"))
+    h = federated_fit("tiny-bert", "head", split_clients(plain, 2), rounds=1, local_epochs=1, batch_size=8, max_length=32, progress=False)
+    assert h.model.config.num_labels == 2 and len(h.rounds) == 1

@@ -282,3 +282,10 @@ def test_bf16_autocast_trains_on_the_cpu(tokenizer, data):
 def test_fit_refuses_bad_accumulation_and_precision(tokenizer, data, kwargs, match):
     with pytest.raises(ValueError, match=match):
         fit(tiny_model(tokenizer), tokenizer, data, batch_size=8, progress=False, **kwargs)
+
+
+def test_check_whole_names_the_setting_and_refuses_bools_and_fractions():
+    from lightft.train import check_whole
+    check_whole("epochs", 3); check_whole("k", 0, low=0); check_whole("n", np.int64(2))
+    for bad in (0, -1, 2.0, True, "3", None):
+        with pytest.raises(ValueError, match="epochs must be a whole number >= 1"): check_whole("epochs", bad)

@@ -228,12 +228,13 @@ def measure(device:str|torch.device|None=None, # where to track memory; default:
 # %% ../nbs/00_core.ipynb #5cd39548
 @contextmanager
 def eval_mode(model:nn.Module, # the model to evaluate; its train/eval state is restored afterwards
+              no_grad:bool=True, # turn gradients off for the block (False: attributions that differentiate through the model, chapter 11)
              ):
-    "Put `model` in evaluation mode (dropout off) and gradients off for the block; restore its previous mode even on an error."
+    "Put `model` in evaluation mode (dropout off) and, unless `no_grad=False`, gradients off for the block; restore its previous mode even on an error."
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad(): yield model
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not no_grad): yield model
     finally: model.train(was_training)
 
 # %% ../nbs/00_core.ipynb #db7912bb

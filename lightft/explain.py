@@ -7,18 +7,17 @@ Docs: https://lightft.github.io/lightft/interpretability.html.md"""
 # %% ../nbs/11_interpretability.ipynb #5b1e0a04
 from __future__ import annotations
 import html, io, math, re
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from torch import nn
 
-from .core import param_report, set_seed
+from .core import param_report, set_seed, eval_mode
 from .models import load_plm, mean_pool
 
 # %% auto #0
-__all__ = ['IG_RULES', 'ATTRIBUTION_METHODS', 'ATTENTION_VIEWS', 'MATRIX_ORDER', 'Attribution', 'EmbeddingInput', 'eval_mode',
+__all__ = ['IG_RULES', 'ATTRIBUTION_METHODS', 'ATTENTION_VIEWS', 'MATRIX_ORDER', 'Attribution', 'EmbeddingInput',
            'embedding_input', 'path_points', 'integrated_gradients', 'gradient_x_input', 'occlusion',
            'attribution_html', 'plot_attribution', 'encoder_layers', 'attention_maps', 'attention_rollout',
            'plot_attention', 'attention_view', 'explorer_figure', 'Explorer', 'explore', 'effective_weights',
@@ -54,15 +53,6 @@ class EmbeddingInput:
     groups:list               # for each word, the positions of its tokens
     words:list                # the words
     offsets:list              # their character spans in the text
-
-@contextmanager
-def eval_mode(model:nn.Module, # any model: dropout off inside the block, its train/eval state restored after it
-             ):
-    "Run a block with `model.eval()` (attributions of a model with dropout on would be random), then restore its mode."
-    was = model.training
-    model.eval()
-    try: yield model
-    finally: model.train(was)
 
 def _device(model:nn.Module)->torch.device: return next(model.parameters()).device
 
@@ -147,7 +137,7 @@ def integrated_gradients(model:nn.Module, # a BERT-style classifier
     "Integrated gradients of the target logit with respect to the word embeddings, one `Attribution` per text, with its completeness error `delta`."
     alphas, weights = path_points(steps, rule)
     out = []
-    with eval_mode(model):
+    with eval_mode(model, no_grad=False):
         for text, t in _texts_and_targets(texts, target):
             e = embedding_input(model, tokenizer, text, baseline, max_length)
             with torch.no_grad(): ends = e.f(torch.cat([e.x, e.x0]))
@@ -172,7 +162,7 @@ def gradient_x_input(model:nn.Module, # a BERT-style classifier
                     )->list:
     "Gradient of the target logit times the word embeddings, x · ∂f/∂x, summed over dimensions and sub-word tokens: one `Attribution` per text."
     out = []
-    with eval_mode(model):
+    with eval_mode(model, no_grad=False):
         for text, t in _texts_and_targets(texts, target):
             e = embedding_input(model, tokenizer, text, max_length=max_length)
             x = e.x.clone().requires_grad_()

@@ -91,3 +91,16 @@ def test_notebook_network_guard_blocks_remote_and_allows_loopback():
     env = {**os.environ, "LIGHTFT_NO_NETWORK": "1", "PYTHONPATH": guard}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60).stdout
     assert out.split() == ["blocked", "loopback", "ok"]
+
+
+def test_eval_mode_restores_the_mode_and_can_keep_gradients():
+    from lightft.core import eval_mode
+    net = nn.Sequential(nn.Linear(3, 3), nn.Dropout(0.5)).train()
+    with eval_mode(net):
+        assert not net.training and not torch.is_grad_enabled()
+    with eval_mode(net, no_grad=False):                     # attributions differentiate through an evaluated model
+        assert not net.training and torch.is_grad_enabled()
+        net(torch.ones(1, 3, requires_grad=True)).sum().backward()
+    with torch.no_grad(), eval_mode(net, no_grad=False):    # never turns gradients on inside a no_grad block
+        assert not torch.is_grad_enabled()
+    assert net.training

@@ -117,10 +117,12 @@ def build_parser()->argparse.ArgumentParser:
     env.add_argument("--json", action="store_true", help="print the report as JSON")
     env.set_defaults(func=_cmd_env)
 
-    pre = sub.add_parser("pretrain", help="pretrain the course's tiny BERT from scratch (MLM + NSP) on the offline corpus",
+    pre = sub.add_parser("pretrain", help="pretrain the course's tiny BERT from scratch (MLM + NSP), or MiniLM's MLM head, on offline text",
                          description="Build the corpus and tokenizer and pretrain a tiny BERT with MLM and NSP. "
-                                     "--preset course reproduces the shipped tiny-bert; --preset quick runs in seconds.")
-    pre.add_argument("--preset", default="course", choices=["quick", "course"], help="quick (seconds) or course (the shipped model; see its model card for the time)")
+                                     "--preset course reproduces the shipped tiny-bert; --preset quick runs in seconds; "
+                                     "--preset minilm-mlm-head trains the MLM head that load_plm('minilm-l6', task='mlm') uses.")
+    pre.add_argument("--preset", default="course", choices=["quick", "course", "minilm-mlm-head"],
+                     help="quick (seconds), course (the shipped tiny-bert; see its model card for the time) or minilm-mlm-head (an MLM head for all-MiniLM-L6-v2, chapter 2 section 10)")
     pre.add_argument("--out", default=None, help="folder for the model, tokenizer, corpus manifest and model card (default: don't save)")
     pre.add_argument("--steps", type=_whole_number(1), default=None, help="override the preset's number of optimizer steps")
     pre.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")

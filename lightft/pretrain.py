@@ -19,15 +19,20 @@ from transformers import (AutoTokenizer, BertConfig, BertForMaskedLM, BertForPre
                           BertTokenizerFast, PreTrainedTokenizerFast)
 
 from .core import cache_dir, eval_mode
+from .data import PadCollator
+from .train import param_groups, make_scheduler
 
 # %% auto #0
 __all__ = ['CORPUS_FORMAT', 'QUICK_SOURCES', 'COURSE_SOURCES', 'SKIP_DIRS', 'CODE_DIRECTIVES', 'SPECIAL_TOKENS', 'PRESETS',
-           'TEST_PAIR_SEED', 'source_files', 'source_version', 'strip_markup', 'clean_text', 'split_sentences',
-           'is_prose', 'text_documents', 'is_held_out', 'Corpus', 'build_corpus', 'train_tokenizer', 'mask_tokens',
-           'tokenize_documents', 'truncate_pair', 'make_nsp_pairs', 'PretrainingCollator', 'tiny_bert_config',
-           'pretraining_loss', 'warmup_linear', 'evaluate_pretraining', 'most_frequent_token',
+           'TEST_PAIR_SEED', 'WORD', 'HEAD_TEXT_TASKS', 'source_files', 'source_version', 'strip_markup', 'clean_text',
+           'split_sentences', 'is_prose', 'text_documents', 'is_held_out', 'Corpus', 'build_corpus', 'train_tokenizer',
+           'mask_tokens', 'tokenize_documents', 'truncate_pair', 'make_nsp_pairs', 'PretrainingCollator',
+           'tiny_bert_config', 'pretraining_loss', 'evaluate_pretraining', 'most_frequent_token',
            'most_frequent_token_accuracy', 'compare_with_baselines', 'pretrain', 'write_model_card',
-           'save_pretraining_run', 'pretrain_preset', 'tiny_bert_path', 'load_tiny_bert', 'heldout_documents']
+           'save_pretraining_run', 'pretrain_preset', 'tiny_bert_path', 'load_tiny_bert', 'heldout_documents',
+           'english_heldout', 'cloze_blanks', 'fill_in_blanks', 'frequent_word_accuracy', 'mlm_head_parameters',
+           'minilm_head_path', 'load_minilm_mlm', 'save_mlm_head', 'masked_features', 'train_mlm_head', 'head_texts',
+           'fill_in_report', 'write_head_card']
 
 # %% ../nbs/02_pretraining.ipynb #3884d44a
 CORPUS_FORMAT = 2   # bump when the cleaning rules change: it invalidates cached corpora
@@ -364,17 +369,13 @@ class PretrainingCollator:
                  mlm_probability:float=0.15,      # share of ordinary tokens chosen for MLM
                  seed:int=None,                   # seed of the masking generator (None: torch's global generator)
                  pad_to_multiple_of:int=8):       # pad the length up to a multiple of this
-        self.tokenizer, self.mlm_probability, self.pad_to_multiple_of = tokenizer, mlm_probability, pad_to_multiple_of
+        self.tokenizer, self.mlm_probability = tokenizer, mlm_probability
+        self.pad = PadCollator(tokenizer, pad_to_multiple_of=pad_to_multiple_of)
         self.generator = None if seed is None else torch.Generator().manual_seed(seed)
     def __call__(self, examples:list)->dict:
-        length = max(len(e["input_ids"]) for e in examples)
-        length = math.ceil(length / self.pad_to_multiple_of) * self.pad_to_multiple_of
-        pad = lambda seq, value: list(seq) + [value] * (length - len(seq))
-        input_ids = torch.tensor([pad(e["input_ids"], self.tokenizer.pad_token_id) for e in examples])
-        batch = dict(token_type_ids=torch.tensor([pad(e["token_type_ids"], 0) for e in examples]),
-                     attention_mask=torch.tensor([pad([1]*len(e["input_ids"]), 0) for e in examples]),
-                     next_sentence_label=torch.tensor([e["next_sentence_label"] for e in examples]))
-        batch["input_ids"], batch["labels"] = mask_tokens(input_ids, self.tokenizer, self.mlm_probability, self.generator)
+        batch = self.pad([dict(input_ids=e["input_ids"], token_type_ids=e["token_type_ids"], attention_mask=[1] * len(e["input_ids"]),
+                               next_sentence_label=e["next_sentence_label"]) for e in examples])
+        batch["input_ids"], batch["labels"] = mask_tokens(batch["input_ids"], self.tokenizer, self.mlm_probability, self.generator)
         return batch
 
 # %% ../nbs/02_pretraining.ipynb #89637a6f
@@ -406,15 +407,6 @@ def pretraining_loss(model:BertForPreTraining, # the model
     stats = dict(mlm_correct=(mlm_logits.argmax(-1) == labels[predicted]).sum().item(), mlm_count=int(predicted.sum()),
                  nsp_correct=(nsp_logits.argmax(-1) == batch["next_sentence_label"]).sum().item(), nsp_count=len(pooled))
     return mlm_loss, nsp_loss, stats
-
-# %% ../nbs/02_pretraining.ipynb #2972180b
-def warmup_linear(step:int,         # the current step, from 0
-                  warmup_steps:int, # steps of linear warm-up
-                  total_steps:int,  # the step at which the rate reaches 0
-                 )->float:
-    "Learning-rate multiplier: linear warm-up from 0 to 1, then linear decay to 0."
-    if step < warmup_steps: return (step + 1) / warmup_steps
-    return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
 
 # %% ../nbs/02_pretraining.ipynb #0f9daa21
 @torch.no_grad()
@@ -491,12 +483,8 @@ def pretrain(model:BertForPreTraining,  # the model to train (in place)
     "Pretrain `model` with MLM + NSP; returns the history (losses per step, evaluations, seconds, tokens seen)."
     torch.manual_seed(seed)
     docs = tokenize_documents(documents, tokenizer)
-    no_decay = lambda name: name.endswith("bias") or "LayerNorm" in name
-    groups = [dict(params=[p for n, p in model.named_parameters() if not no_decay(n)], weight_decay=weight_decay),
-              dict(params=[p for n, p in model.named_parameters() if no_decay(n)], weight_decay=0.0)]
-    optimizer = torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.98), eps=1e-6)
-    warmup_steps = max(1, int(warmup * steps))
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_linear(s, warmup_steps, steps))
+    optimizer = torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, betas=(0.9, 0.98), eps=1e-6)
+    schedule = make_scheduler(optimizer, steps, warmup)
     collate = PretrainingCollator(tokenizer, seed=seed)
     history = dict(step=[], mlm_loss=[], nsp_loss=[], lr=[], evals=[])
     pairs, epoch, position, tokens = [], 0, 0, 0
@@ -532,6 +520,9 @@ PRESETS = {
     # the shipped tiny-bert: BERT-mini's shape (L=4, H=256, A=4) on every source
     "course": dict(sources=COURSE_SOURCES, vocab_size=8192, max_length=128, steps=2000, batch_size=32, lr=1e-3, warmup=0.1,
                    model=dict(), eval_every=100, eval_pairs=256, test_pairs=None),
+    # not a tiny BERT: an MLM head for all-MiniLM-L6-v2, trained on the frozen encoder's cached features (section 10)
+    "minilm-mlm-head": dict(kind="mlm-head", tasks=("ner", "qa", "translation"), docstring_sentences=0, epochs=6, lr=3e-3,
+                            batch_size=256, masks_per_text=4, max_length=128),
 }
 TEST_PAIR_SEED = 10_000   # held-out pairs are made with seed TEST_PAIR_SEED + seed
 
@@ -636,16 +627,18 @@ def save_pretraining_run(out_dir,          # folder to write
     write_model_card(out_dir)
     return out_dir
 
-def pretrain_preset(preset:str="course", # "quick" (seconds) or "course" (the shipped model)
+def pretrain_preset(preset:str="course", # "quick" (seconds), "course" (the shipped tiny-bert) or "minilm-mlm-head" (MiniLM's MLM head)
                     out_dir=None,        # where to save model, tokenizer, manifest, log and model card (None: don't save)
                     steps:int=None,      # override the preset's number of optimizer steps
                     seed:int=0,          # seeds the model, the pairs and the masks
                     threads:int=None,    # torch CPU threads (None: leave torch's setting)
                     progress:bool=True,  # progress bars
                    )->dict:
-    "Build corpus and tokenizer, pretrain a tiny BERT from scratch, compare it with baselines on held-out text; returns the metrics."
+    "Build corpus and tokenizer, pretrain a tiny BERT from scratch, compare it with baselines on held-out text; returns the metrics. (`minilm-mlm-head`: train MiniLM's MLM head instead.)"
     if preset not in PRESETS: raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
     start, p = time.time(), dict(PRESETS[preset])
+    if steps is not None and p.get("kind") == "mlm-head":
+        raise ValueError("the minilm-mlm-head preset trains for a number of epochs over cached features; steps applies to the tiny-bert presets (quick, course)")
     if steps is not None: p["steps"] = steps
     if threads: torch.set_num_threads(threads)
     # the run is written into a temporary folder and renamed into place at the end: an interrupted run never leaves
@@ -654,6 +647,7 @@ def pretrain_preset(preset:str="course", # "quick" (seconds) or "course" (the sh
     if target is not None and target.exists() and (not target.is_dir() or (any(target.iterdir()) and not (target/"training_log.json").exists())):
         raise ValueError(f"{target} exists and is not an earlier pretraining run: give a new or empty folder")
     if target is not None: target.resolve().parent.mkdir(parents=True, exist_ok=True)
+    if p.get("kind") == "mlm-head": return _mlm_head_preset(p, target, seed, progress, start)
     corpus = build_corpus(p["sources"], progress=progress)
     work_dir = Path(tempfile.mkdtemp(prefix=".lightft-tiny-bert-", dir=target.resolve().parent if target else None))
     try:
@@ -712,6 +706,295 @@ def heldout_documents(path=None, # a folder written by `pretrain_preset` (defaul
                      )->list:
     "The held-out test documents (lists of sentences) the model in `path` never saw."
     with gzip.open(Path(path or tiny_bert_path())/"heldout.json.gz", "rt") as f: return json.load(f)
+
+# %% ../nbs/02_pretraining.ipynb #29e2695e
+WORD = re.compile(r"[A-Za-z]+|[^\sA-Za-z]")   # words and single punctuation marks
+
+def english_heldout(path=None, # a text file with one sentence a line (default: the shipped set)
+                   )->list:
+    "The course's held-out plain-English sentences: written for this test, in no training text of the course."
+    path = Path(path or importlib.resources.files("lightft")/"assets"/"english-heldout"/"sentences.txt")
+    return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+def cloze_blanks(sentences:list, # plain sentences
+                 tokenizers:list, # every model's tokenizer: a blank must be one whole token for each of them
+                )->list:
+    "The blanks of a fill-in test: `(sentence, word index, word)` for every alphabetic word that each tokenizer keeps as one token."
+    blanks = []
+    for i, sentence in enumerate(sentences):
+        for j, word in enumerate(WORD.findall(sentence)):
+            w = word.lower()
+            if word.isalpha() and all(w in t.get_vocab() for t in tokenizers): blanks.append((i, j, w))
+    return blanks
+
+@torch.no_grad()
+def fill_in_blanks(model, # a masked LM (`BertForMaskedLM`)
+                   tokenizer, # its tokenizer
+                   sentences:list, # plain sentences
+                   blanks:list, # from `cloze_blanks`: one blank at a time, the rest of the sentence intact
+                   batch_size:int=64, # blanked sentences per forward pass
+                  )->dict:
+    "Fill every blank with the model's most likely token: accuracy, the number of blanks and each blank's `(word, guess)`."
+    texts = []
+    for i, j, _ in blanks:
+        words = WORD.findall(sentences[i])
+        texts.append(" ".join(words[:j] + [tokenizer.mask_token] + words[j + 1:]))
+    guesses = []
+    with eval_mode(model):
+        for k in range(0, len(texts), batch_size):
+            enc = tokenizer(texts[k:k + batch_size], padding=True, return_tensors="pt").to(next(model.parameters()).device)
+            logits = model(**enc).logits[enc["input_ids"] == tokenizer.mask_token_id]   # one mask per text, in order
+            guesses += tokenizer.convert_ids_to_tokens(logits.argmax(-1).tolist())
+    pairs = [(w, g) for (_, _, w), g in zip(blanks, guesses)]
+    return dict(accuracy=sum(w == g for w, g in pairs) / max(1, len(pairs)), blanks=len(pairs), guesses=pairs)
+
+def frequent_word_accuracy(blanks:list, # from `cloze_blanks`
+                           word:str="the", # the word always guessed
+                          )->float:
+    "Fill-in accuracy of always guessing `word`: the baseline a model must beat to show it reads the context."
+    return sum(w == word for _, _, w in blanks) / max(1, len(blanks))
+
+# %% ../nbs/02_pretraining.ipynb #9f15c9f7
+def mlm_head_parameters(model:BertForMaskedLM, # a masked LM whose decoder is tied to its input embeddings
+                       )->dict:
+    "The MLM head's own parameters — the transform (dense, LayerNorm) and the output bias — by name; the tied decoder matrix is the input embeddings, not the head's."
+    tied = model.cls.predictions.decoder.weight
+    return {f"cls.predictions.{n}": p for n, p in model.cls.predictions.named_parameters() if p is not tied}
+
+# %% ../nbs/02_pretraining.ipynb #a2d9ec13
+def minilm_head_path()->Path:
+    "Folder of the shipped MLM head for all-MiniLM-L6-v2 inside the installed package."
+    return Path(str(importlib.resources.files("lightft")/"assets"/"minilm-mlm-head"))
+
+def _minilm_base_sha256()->str:
+    from lightft.models import PLMS
+    return dict(PLMS["minilm-l6"].sha256)["model.safetensors"]
+
+def load_minilm_mlm(head_path=None, # a folder written by the `minilm-mlm-head` preset (None: the shipped head; False: a new, random head)
+                    seed:int=0,     # seeds a new head's initialisation
+                   )->tuple:
+    "all-MiniLM-L6-v2 as a `BertForMaskedLM`: its own encoder, and an MLM head trained by lightft; `(model, tokenizer)`, in eval mode."
+    from lightft.models import plm_dir, load_tokenizer, MINILM_L6_CONFIG, _quiet_transformers
+    from safetensors.torch import load_file
+    torch.manual_seed(seed)
+    with _quiet_transformers():          # "newly initialized: cls.predictions.*" is expected: the checkpoint has no head
+        model = BertForMaskedLM.from_pretrained(plm_dir("minilm-l6"), config=BertConfig(**MINILM_L6_CONFIG))
+    if head_path is not False:
+        folder = Path(head_path or minilm_head_path())
+        if not (folder/"head.safetensors").exists():
+            raise FileNotFoundError(f"no MLM head in {folder}: train one with `lightft pretrain --preset minilm-mlm-head --out {folder}`")
+        info = json.loads((folder/"config.json").read_text())
+        if info.get("base_sha256") != _minilm_base_sha256():
+            raise ValueError(f"the MLM head in {folder} was trained on another all-MiniLM-L6-v2 (sha256 {str(info.get('base_sha256'))[:12]}…, "
+                             f"installed {_minilm_base_sha256()[:12]}…): train it again for this model with --preset minilm-mlm-head")
+        weights, own = load_file(folder/"head.safetensors"), mlm_head_parameters(model)
+        if set(weights) != set(own):
+            raise ValueError(f"{folder/'head.safetensors'} holds {sorted(weights)}, not the MLM head's {sorted(own)}")
+        with torch.no_grad():
+            for name, p in own.items(): p.copy_(weights[name])
+    return model.eval(), load_tokenizer("minilm-l6")
+
+def save_mlm_head(model:BertForMaskedLM, # a MiniLM masked LM whose head was trained
+                  out_dir, # folder to write `head.safetensors` and `config.json` into
+                  **info, # more to record in config.json (settings, results)
+                 )->Path:
+    "Save only the MLM head (0.7 MiB, not the model's 87 MiB), with the sha256 of the MiniLM weights it belongs to."
+    from safetensors.torch import save_file
+    out_dir = Path(out_dir); out_dir.mkdir(parents=True, exist_ok=True)
+    head = {n: p.detach().contiguous() for n, p in mlm_head_parameters(model).items()}
+    save_file(head, out_dir/"head.safetensors")
+    (out_dir/"config.json").write_text(json.dumps(dict(base="minilm-l6", base_sha256=_minilm_base_sha256(),
+                                                        parameters=sum(p.numel() for p in head.values()), **info), indent=1))
+    return out_dir
+
+# %% ../nbs/02_pretraining.ipynb #485de445
+@torch.no_grad()
+def masked_features(model:BertForMaskedLM, # the encoder (`model.bert`) stays frozen
+                    tokenizer,
+                    texts:list, # plain texts, each truncated to `max_length` tokens
+                    masks_per_text:int=2, # how many differently masked copies of each text
+                    max_length:int=128, # tokens per text
+                    batch_size:int=64, # texts per forward pass
+                    seed:int=0, # seeds the masking
+                    progress:bool=True, # tqdm bar
+                   )->tuple:
+    "The frozen encoder's last hidden states at BERT-masked positions, and the tokens that were there: `(features, labels)`."
+    ids = tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"] if texts else []
+    copies = sorted(range(len(ids) * masks_per_text), key=lambda k: (len(ids[k % len(ids)]), k))   # similar lengths together: little padding
+    pad, generator, features, labels = PadCollator(tokenizer), torch.Generator().manual_seed(seed), [], []
+    with eval_mode(model):
+        for k in tqdm(range(0, len(copies), batch_size), desc="encoding masked texts", disable=not progress):
+            batch = pad([dict(input_ids=ids[c % len(ids)], attention_mask=[1] * len(ids[c % len(ids)])) for c in copies[k:k + batch_size]])
+            inputs, target = mask_tokens(batch["input_ids"], tokenizer, generator=generator)
+            chosen = target != -100
+            hidden = model.bert(input_ids=inputs, attention_mask=batch["attention_mask"])[0]
+            features.append(hidden[chosen]); labels.append(target[chosen])
+    if not features: return torch.zeros(0, model.config.hidden_size), torch.zeros(0, dtype=torch.long)
+    return torch.cat(features), torch.cat(labels)
+
+def train_mlm_head(model:BertForMaskedLM, # a masked LM whose head is trained in place; its encoder is never changed
+                   tokenizer,
+                   texts:list, # training texts
+                   epochs:int=4, # passes over the cached features
+                   lr:float=3e-3, # peak learning rate (warm-up 5%, then linear decay)
+                   batch_size:int=256, # masked positions per step
+                   masks_per_text:int=2, # differently masked copies of each text
+                   max_length:int=128, # tokens per text
+                   seed:int=0, # seeds masking and order
+                   progress:bool=True, # tqdm bars
+                  )->dict:
+    "Train only the MLM head of a frozen encoder: encode masked texts once, then fit the head to the cached features; returns the history."
+    start = time.time()
+    head = mlm_head_parameters(model)
+    for p in model.parameters(): p.requires_grad_(False)
+    for p in head.values(): p.requires_grad_(True)
+    features, labels = masked_features(model, tokenizer, texts, masks_per_text, max_length, seed=seed, progress=progress)
+    encode_seconds = time.time() - start
+    steps = epochs * (len(labels) // batch_size)
+    if steps < 1: raise ValueError(f"{len(labels)} masked positions make no batch of {batch_size}: give more texts or a smaller batch_size")
+    optimizer = torch.optim.AdamW(param_groups(model, 0.01), lr=lr)
+    schedule, generator = make_scheduler(optimizer, steps, 0.05), torch.Generator().manual_seed(seed)
+    history, predictions = dict(loss=[], accuracy=[]), model.cls.predictions
+    model.train()
+    bar = tqdm(total=steps, desc="training the MLM head", disable=not progress)
+    for _ in range(epochs):
+        order = torch.randperm(len(labels), generator=generator)
+        for k in range(0, len(labels) - batch_size + 1, batch_size):
+            idx = order[k:k + batch_size]
+            logits = predictions(features[idx])
+            loss = F.cross_entropy(logits, labels[idx])
+            loss.backward(); optimizer.step(); schedule.step(); optimizer.zero_grad(set_to_none=True)
+            history["loss"].append(loss.item()); history["accuracy"].append((logits.argmax(-1) == labels[idx]).float().mean().item())
+            bar.update(1); bar.set_postfix(loss=f"{loss.item():.3f}")
+    bar.close(); model.eval()
+    history.update(steps=steps, positions=len(labels), encode_seconds=round(encode_seconds, 1), seconds=round(time.time() - start, 1))
+    return history
+
+# %% ../nbs/02_pretraining.ipynb #106ce963
+HEAD_TEXT_TASKS = ("ner", "qa", "translation")   # the course's own English, training splits only
+
+def head_texts(tasks:tuple=HEAD_TEXT_TASKS, # course tasks whose *training* English is used (validation and test never)
+               docstring_sentences:int=0,    # add this many sentences drawn from the tiny-bert corpus's training documents
+               seed:int=0,                   # seeds the draw
+               progress:bool=True,
+              )->list:
+    "English texts to train an MLM head on: the course's written English (NER sentences, QA paragraphs and questions, translation sources), and optionally docstrings."
+    from lightft.data import load_task
+    import lightft.tasks                      # registers the NER, QA and translation tasks
+    texts = []
+    for task in tasks:
+        train = load_task(task)["train"]
+        if task == "ner": texts += [" ".join(tokens) for tokens in train["tokens"]]
+        elif task == "qa": texts += sorted(set(train["context"])) + list(train["question"])
+        elif task == "translation": texts += [pair["en"] for pair in train["translation"]]
+        else: raise ValueError(f"head_texts reads the tasks {HEAD_TEXT_TASKS}, not {task!r}")
+    if docstring_sentences:
+        sentences = [s for d in build_corpus(COURSE_SOURCES, progress=progress).train for s in d]
+        texts += random.Random(seed).sample(sentences, min(docstring_sentences, len(sentences)))
+    held_out = {re.sub(r"\W+", " ", s.lower()).strip() for s in english_heldout()}
+    return [t for t in texts if re.sub(r"\W+", " ", t.lower()).strip() not in held_out]
+
+def fill_in_report(models:dict, # name -> (masked LM, tokenizer)
+                   sentences:list=None, # plain sentences (default: `english_heldout()`)
+                  )->dict:
+    "Fill-in accuracy of several masked LMs on the same blanks (words every tokenizer keeps whole), next to always guessing 'the'."
+    sentences = english_heldout() if sentences is None else sentences
+    blanks = cloze_blanks(sentences, [tok for _, tok in models.values()])
+    report = {name: fill_in_blanks(model, tok, sentences, blanks) for name, (model, tok) in models.items()}
+    return dict(sentences=len(sentences), blanks=len(blanks), always_the=frequent_word_accuracy(blanks, "the"),
+                accuracy={name: r["accuracy"] for name, r in report.items()}, guesses={name: r["guesses"] for name, r in report.items()})
+
+# %% ../nbs/02_pretraining.ipynb #05216311
+def _mlm_head_preset(p:dict, target, seed:int, progress:bool, start:float)->dict:
+    "The `minilm-mlm-head` preset: train MiniLM's MLM head, measure it on held-out English, save it into `target` (if given)."
+    texts = head_texts(p["tasks"], p["docstring_sentences"], seed=seed, progress=progress)
+    model, tokenizer = load_minilm_mlm(False, seed=seed)
+    untrained = fill_in_report({"minilm-l6, untrained head": (model, tokenizer)})["accuracy"]
+    history = train_mlm_head(model, tokenizer, texts, epochs=p["epochs"], lr=p["lr"], batch_size=p["batch_size"],
+                             masks_per_text=p["masks_per_text"], max_length=p["max_length"], seed=seed, progress=progress)
+    report = fill_in_report({"minilm-l6 + MLM head": (model, tokenizer), "tiny-bert": load_tiny_bert("mlm")})
+    metrics = dict(preset="minilm-mlm-head", seed=seed, texts=len(texts), words=sum(len(t.split()) for t in texts),
+                   positions=history["positions"], steps=history["steps"], encode_seconds=history["encode_seconds"],
+                   train_seconds=history["seconds"], threads=torch.get_num_threads(),
+                   head_parameters=sum(t.numel() for t in mlm_head_parameters(model).values()),
+                   model_parameters=sum(t.numel() for t in model.parameters()),
+                   fill_in=dict(sentences=report["sentences"], blanks=report["blanks"], always_the=report["always_the"],
+                                **report["accuracy"], **untrained),
+                   machine=dict(cpu_count=os.cpu_count(), torch=torch.__version__, python=platform.python_version()))
+    metrics["total_seconds"] = round(time.time() - start, 1)
+    if target is not None:
+        work_dir = Path(tempfile.mkdtemp(prefix=".lightft-mlm-head-", dir=target.resolve().parent))
+        try:
+            save_mlm_head(model, work_dir, preset={**p, "tasks": list(p["tasks"])}, metrics=metrics)
+            (work_dir/"training_log.json").write_text(json.dumps(dict(metrics=metrics, history=history, guesses=report["guesses"]), indent=1))
+            write_head_card(work_dir)
+            if target.exists(): shutil.rmtree(target)
+            os.replace(work_dir, target)
+        finally: shutil.rmtree(work_dir, ignore_errors=True)
+    return metrics
+
+# %% ../nbs/02_pretraining.ipynb #e021164a
+def write_head_card(out_dir, # a folder written by the `minilm-mlm-head` preset
+                   )->Path:
+    "Write README.md, the model card of a trained MiniLM MLM head, from its config.json."
+    out_dir = Path(out_dir)
+    info = json.loads((out_dir/"config.json").read_text())
+    m, p, f = info["metrics"], info["preset"], info["metrics"]["fill_in"]
+    card = f"""---
+license: apache-2.0
+library_name: transformers
+pipeline_tag: fill-mask
+base_model: sentence-transformers/all-MiniLM-L6-v2
+tags: [bert, minilm, lightft, masked-language-modelling, mlm-head]
+---
+
+# An MLM head for all-MiniLM-L6-v2
+
+all-MiniLM-L6-v2 is distributed as a bare `BertModel` for sentence embeddings: it has no masked-language-model head, so it cannot name the word in a blank. This folder holds one, trained by [lightft](https://lightft.github.io/lightft/) with `lightft pretrain --preset minilm-mlm-head` (chapter 2 of the course). Only the head was trained; the {m['model_parameters'] - m['head_parameters']:,} parameters of the encoder and the word embeddings are all-MiniLM-L6-v2's, unchanged.
+
+## What it is
+
+BERT's MLM head: a transform (a 384×384 dense layer, GELU, LayerNorm) and a decoder whose matrix is the model's own input embeddings (tied, frozen) with a bias of its own, one value per vocabulary entry. That is {m['head_parameters']:,} trained parameters, {100 * m['head_parameters'] / m['model_parameters']:.2f}% of the {m['model_parameters']:,} of the whole masked LM: lightweight fine-tuning of a head, on a frozen model. `head.safetensors` holds only these tensors; `config.json` records the sha256 of the all-MiniLM-L6-v2 weights they belong to (`{info['base_sha256'][:16]}…`), and the loader refuses other weights.
+
+## How to load
+
+```python
+from lightft.models import load_plm
+model, tokenizer = load_plm("minilm-l6", task="mlm")   # BertForMaskedLM: MiniLM's encoder + this head
+```
+
+## Data and training
+
+{m['texts']:,} English texts, {m['words']:,} words: the training splits of the course's own data sets ({", ".join(p["tasks"])}: sentences, paragraphs and questions written for the course){f" and {p['docstring_sentences']:,} sentences of the tiny-bert corpus (docstrings)" if p["docstring_sentences"] else ""}. Validation and test splits, and the held-out sentences below, are in none of them.
+
+| setting | value |
+|---|---|
+| masking | BERT's: 15% of tokens; 80% [MASK], 10% random, 10% kept; {p['masks_per_text']} differently masked copies of every text |
+| features | the frozen encoder runs once over the masked texts ({m['positions']:,} masked positions, at most {p['max_length']} tokens per text); the head is trained on the cached last hidden states |
+| optimizer | AdamW, peak lr {p['lr']}, warm-up 5% then linear decay, weight decay 0.01 on the dense matrix |
+| steps | {m['steps']:,} ({p['epochs']} epochs of {p['batch_size']} positions) |
+| seed | {m['seed']} |
+| machine | {m['machine']['cpu_count']} CPU cores, {m['threads']} torch threads, torch {m['machine']['torch']} |
+| time | {m['encode_seconds'] / 60:.1f} min encoding, {(m['train_seconds'] - m['encode_seconds']) / 60:.1f} min training the head, {m['total_seconds'] / 60:.1f} min in all |
+
+## Results
+
+Fill in the blank on {f['sentences']} plain English sentences written for this test (`lightft/assets/english-heldout`), one blank at a time: {f['blanks']} blanks, every alphabetic word that both MiniLM's and tiny-bert's vocabularies keep as one token. A guess counts if it is the word.
+
+| model | fill-in accuracy |
+|---|---:|
+| all-MiniLM-L6-v2 + this head | {f['minilm-l6 + MLM head']:.1%} |
+| all-MiniLM-L6-v2 + an untrained head | {f['minilm-l6, untrained head']:.1%} |
+| tiny-bert (the course's BERT, pretrained on docstrings) | {f['tiny-bert']:.1%} |
+| always guess "the" | {f['always_the']:.1%} |
+
+## Limitations
+
+The head reads what a sentence-embedding model kept in its token vectors; it was not trained with MLM itself, and its contrastive training did not aim at predicting words. {f['sentences']} sentences are a small test: at this accuracy, {f['blanks']} blanks give a standard error of about {100 * math.sqrt(f['minilm-l6 + MLM head'] * (1 - f['minilm-l6 + MLM head']) / f['blanks']):.1f} points. Uncased, English only, at most 512 tokens (the texts here: {p['max_length']}).
+"""
+    path = out_dir/"README.md"
+    path.write_text(card)
+    return path
 
 # %% ../nbs/02_pretraining.ipynb #53e9599b
 from .exercises import exercise, expect_close, expect_equal, ExerciseError

@@ -178,8 +178,22 @@ def test_label_names_go_into_the_config():
     assert model.classifier.out_features == 3
 
 
+@needs_minilm
+def test_minilm_has_the_mlm_head_lightft_trained():
+    from transformers import BertForMaskedLM
+    from lightft.pretrain import mlm_head_parameters, minilm_head_path
+    from safetensors.torch import load_file
+    model, tokenizer = load_plm("minilm-l6", task="mlm")
+    assert isinstance(model, BertForMaskedLM) and not model.training
+    shipped = load_file(minilm_head_path()/"head.safetensors")
+    for name, p in mlm_head_parameters(model).items(): assert torch.equal(p, shipped[name]), name
+    enc = tokenizer("We walked to the [MASK] to buy some bread.", return_tensors="pt")
+    with torch.no_grad(): logits = model(**enc).logits[enc["input_ids"] == tokenizer.mask_token_id]
+    assert logits.shape == (1, tokenizer.vocab_size) and torch.isfinite(logits).all()
+    with pytest.raises(ValueError, match="pooling applies to task='classification' only"): load_plm("minilm-l6", task="mlm", pooling="mean")
+
+
 def test_refusals():
-    with pytest.raises(ValueError, match="minilm-l6 has no MLM head.*load_plm\\('tiny-bert', task='mlm'\\)"): load_plm("minilm-l6", task="mlm")
     with pytest.raises(ValueError, match="minilm-l6 does not support task 'causal-lm'"): load_plm("minilm-l6", task="causal-lm")
     with pytest.raises(ValueError, match="smollm2-135m is a causal language model: load it with task='causal-lm'"): load_plm("smollm2-135m")
     with pytest.raises(ValueError, match="pooling applies to task='classification' only"):

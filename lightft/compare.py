@@ -17,8 +17,9 @@ from .methods import apply_method, get_method, save_trainable
 from .train import fit, evaluate, check_fit_settings
 
 # %% auto #0
-__all__ = ['REPORTED', 'QUICK', 'SETTINGS', 'HEADLINE', 'labelled_splits', 'run_method', 'tfidf_baseline', 'prompting_baseline',
-           'check_settings', 'compare', 'summarize_seeds', 'format_table', 'plot_results', 'write_results']
+__all__ = ['REPORTED', 'QUICK', 'SETTINGS', 'HEADLINE', 'labelled_splits', 'train_method', 'run_method', 'tfidf_baseline',
+           'prompting_baseline', 'check_settings', 'compare', 'summarize_seeds', 'format_table', 'plot_results',
+           'write_results']
 
 # %% ../nbs/05b_compare.ipynb #d5dd4d5d
 def labelled_splits(data)->tuple:
@@ -43,6 +44,36 @@ def _head_labels(split, kind:str)->dict:
     values = split[column] if kind == "classification" else [t for tags in split[column] for t in tags]
     return dict(num_labels=int(max(values)) + 1)               # plain integer labels: as many outputs as the largest id needs
 
+def train_method(model_name:str, # a name for `load_plm`: "minilm-l6", "tiny-bert", a folder or a hub id
+                 method:str, # a registered method, e.g. "bitfit" or "top2"
+                 data, # a `DatasetDict` from `load_task`
+                 options:dict|None=None, # the method's options, e.g. {"r": 16} for LoRA (see `METHODS[method].options`)
+                 *,
+                 epochs:int=3, # passes over the training split
+                 lr:float|None=None, # peak learning rate; default: the method's own (`METHODS[method].lr`)
+                 batch_size:int=32, # training examples per step
+                 max_length:int=128, # tokens per example (longer texts are truncated)
+                 seed:int=0, # seeds the new head, the method's new weights, dropout and data order
+                 train_subset:int|None=None, # train on a seeded subset of this many examples
+                 progress:bool=True, # tqdm progress bars
+                 grad_accum:int=1, # micro-batches per optimizer step (see `fit`)
+                 precision:str="fp32", # "fp32", "bf16" or "fp16" (see `fit`)
+                 device:str|None=None, # "cpu", "cuda", ...; default: `get_device()`
+                )->tuple:
+    "Load `model_name` with the head `data`'s task kind needs, apply `method` and `fit` it (the best epoch on validation): `(model, tokenizer, history)`, ready for `evaluate` or the task's inference helpers."
+    spec, defaults = get_method(method)
+    options = dict(options or {})
+    spec.check_options({**defaults, **options})        # bad options fail here, before a model is loaded
+    _, select_split = labelled_splits(data)
+    kind = task_kind(data["train"])                            # chapter 9: tags, answers or translations instead of one label
+    model, tokenizer = load_plm(model_name, task=PLM_TASK_FOR_KIND[kind], seed=seed, **_head_labels(data["train"], kind))
+    set_seed(seed)
+    apply_method(model, method, **options)
+    history = fit(model, tokenizer, data, epochs=epochs, lr=lr if lr is not None else spec.lr, batch_size=batch_size, max_length=max_length,
+                  seed=seed, eval_split=select_split, progress=progress, train_subset=train_subset, grad_accum=grad_accum,
+                  precision=precision, device=device)
+    return model, tokenizer, history
+
 def run_method(model_name:str, # a name for `load_plm`: "minilm-l6", "tiny-bert", a folder or a hub id
                method:str, # a registered method, e.g. "bitfit" or "top2"
                data, # a `DatasetDict` from `load_task`
@@ -61,20 +92,15 @@ def run_method(model_name:str, # a name for `load_plm`: "minilm-l6", "tiny-bert"
                attacks:list|str|None=None, # classification: adversarial attacks on the trained model (chapter 10), e.g. ["deepwordbug", "textfooler"]
                attack_n:int=100, # attack a seeded subset of this many report-split examples
               )->dict:
-    "Train `method` on `model_name` with `data` and measure it: one row of the results table, with the metrics of the task's kind (`REPORTED`) and, with `attacks`, accuracy under each attack."
-    spec, defaults = get_method(method)
+    "Train `method` on `model_name` with `data` (`train_method`) and measure it: one row of the results table, with the metrics of the task's kind (`REPORTED`) and, with `attacks`, accuracy under each attack."
     options = dict(options or {})
-    spec.check_options({**defaults, **options})        # bad options fail here, before a model is loaded
-    lr = lr if lr is not None else spec.lr
-    report_split, select_split = labelled_splits(data)
-    kind = task_kind(data["train"])                            # chapter 9: tags, answers or translations instead of one label
-    model, tokenizer = load_plm(model_name, task=PLM_TASK_FOR_KIND[kind], seed=seed, **_head_labels(data["train"], kind))
-    set_seed(seed)
-    apply_method(model, method, **options)
+    lr = lr if lr is not None else get_method(method)[0].lr
+    report_split, _ = labelled_splits(data)
+    kind = task_kind(data["train"])
+    model, tokenizer, history = train_method(model_name, method, data, options, epochs=epochs, lr=lr, batch_size=batch_size, max_length=max_length,
+                                             seed=seed, train_subset=train_subset, progress=progress, grad_accum=grad_accum,
+                                             precision=precision, device=device)
     counts = param_report(model)
-    history = fit(model, tokenizer, data, epochs=epochs, lr=lr, batch_size=batch_size, max_length=max_length, seed=seed,
-                  eval_split=select_split, progress=progress, train_subset=train_subset, grad_accum=grad_accum,
-                  precision=precision, device=device)
     row = dict(model=model_name, method=method, trainable=counts.trainable, total=counts.total,
                pct_trainable=round(counts.pct_trainable, 4), lr=lr, epochs=epochs, best_epoch=history.best_epoch,
                steps=len(history.steps), seed=seed, precision=precision, device=history.config["device"])
@@ -126,6 +152,7 @@ def prompting_baseline(model_name:str, # a causal LM for `load_plm(..., task="ca
                        seed:int=0, # seeds the choice of the examples
                        batch_size:int=16, # sentences per `generate` call
                        max_new_tokens:int=96, # longest translation, in tokens
+                       return_predictions:bool=False, # also keep the translations, as `predictions` (for error analysis)
                       )->dict:
     "The untrained model, prompted (chapter 9): chrF and BLEU of its translations of the report split, as a results row with nothing trained."
     from lightft.tasks import translate, translation_direction, translation_metrics
@@ -139,7 +166,8 @@ def prompting_baseline(model_name:str, # a causal LM for `load_plm(..., task="ca
     scores = translation_metrics(hypotheses, split["target"], target=direction.split("-")[1])
     return dict(model=model_name, method=f"{shots}-shot prompt" if shots else "zero-shot prompt", trainable=0,
                 total=param_report(model).total, pct_trainable=0.0, seed=seed, **{f"{report_split}_{k}": round(v, 4) for k, v in scores.items()},
-                checkpoint_bytes=0, train_seconds=0.0, seconds_per_step=None, peak_mb=round(m.peak_mb, 1), translate_seconds=round(m.seconds, 1))
+                checkpoint_bytes=0, train_seconds=0.0, seconds_per_step=None, peak_mb=round(m.peak_mb, 1), translate_seconds=round(m.seconds, 1),
+                **(dict(predictions=hypotheses) if return_predictions else {}))
 
 def _run_in_fresh_process(*args, **kwargs)->dict:
     "`run_method` in a new Python process: peak memory then measures this method alone, not what earlier runs left behind."
@@ -283,6 +311,7 @@ def _fmt(value, kind, std=None):
     if kind == "pct": return f"{100 * value:.1f}" + (f" ± {100 * std:.1f}" if std is not None else "")
     if kind == "score": return f"{value:.1f}" + (f" ± {std:.1f}" if std is not None else "")
     if kind == "int": return f"{value:,}"
+    if kind in ("f1", "f3"): return f"{value:,.{kind[1]}f}"                  # times and memory: averages over seeds are long floats
     if kind == "bytes": return format_bytes(value)
     return str(value)
 
@@ -298,7 +327,7 @@ def _columns(rows):
     cols += [(f"challenge {HEADLINE[m][0]}", f"challenge_{m}", HEADLINE[m][1]) for m in metrics if any(f"challenge_{m}" in r for r in rows)]
     attacks = dict.fromkeys(k[len("attack_"):-len("_accuracy")] for r in rows for k in r if k.startswith("attack_") and k.endswith("_accuracy"))
     cols += [(f"{a} acc %", f"attack_{a}_accuracy", "pct") for a in attacks]           # accuracy under attack (chapter 10)
-    cols += [("train s", "train_seconds", "str"), ("s/step", "seconds_per_step", "str"), ("peak MiB", "peak_mb", "str"),
+    cols += [("train s", "train_seconds", "f1"), ("s/step", "seconds_per_step", "f3"), ("peak MiB", "peak_mb", "f1"),
              ("checkpoint", "checkpoint_bytes", "bytes")]
     return cols
 

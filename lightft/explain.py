@@ -22,7 +22,7 @@ __all__ = ['IG_RULES', 'ATTRIBUTION_METHODS', 'ATTENTION_VIEWS', 'MATRIX_ORDER',
            'attribution_html', 'plot_attribution', 'encoder_layers', 'attention_maps', 'attention_rollout',
            'plot_attention', 'attention_view', 'explorer_figure', 'Explorer', 'explore', 'effective_weights',
            'weight_changes', 'change_grid', 'singular_values', 'top_energy', 'rank_for_energy', 'linear_cka',
-           'layer_representations', 'probe_layers', 'rank_agreement', 'train_method', 'what_changed']
+           'layer_representations', 'probe_layers', 'rank_agreement', 'what_changed']
 
 # %% ../nbs/11_interpretability.ipynb #5b1e0a09
 @dataclass
@@ -529,24 +529,6 @@ def rank_agreement(a:list, # attributions of one model, one per text
     return np.array(rhos)
 
 # %% ../nbs/11_interpretability.ipynb #5b1e0a59
-def train_method(model_name:str, # a name for `load_plm`
-                 method:str,     # a registered method, e.g. "lora"
-                 data,           # a `DatasetDict` with train, validation, test (from `load_task`)
-                 *,
-                 epochs:int=3, batch_size:int=32, max_length:int=128, seed:int=0, # the run settings of `run_method`
-                 train_subset:int|None=None, # train on a seeded subset of this many examples
-                )->tuple:
-    "Load `model_name`, apply `method` and fit it with the method's recipe learning rate, as `run_method` does: `(model, tokenizer)`, trained."
-    from lightft.methods import apply_method, get_method
-    from lightft.train import fit
-    labels = data["train"].features["label"].names
-    model, tokenizer = load_plm(model_name, num_labels=len(labels), label_names=labels, seed=seed)
-    set_seed(seed)
-    apply_method(model, method)
-    fit(model, tokenizer, data, epochs=epochs, lr=get_method(method)[0].lr, batch_size=batch_size, max_length=max_length,
-        seed=seed, train_subset=train_subset, progress=False)
-    return model.eval(), tokenizer
-
 def what_changed(model_name:str, # a name for `load_plm`, e.g. "minilm-l6"
                  data,           # a `DatasetDict` with train, validation, test and challenge splits (from `load_task("sentiment")`)
                  methods=("full", "bitfit", "lora", "houlsby"), # registered methods to train and compare
@@ -575,9 +557,11 @@ def what_changed(model_name:str, # a name for `load_plm`, e.g. "minilm-l6"
     deltas = {}
     for method in methods:
         log(f"{method}: training")
-        model, _ = train_method(model_name, method, data, epochs=epochs, batch_size=batch_size, max_length=max_length, seed=seed,
-                                train_subset=train_subset)
+        from lightft.compare import train_method      # chapter 5b: load, apply the method, fit with its recipe learning rate
         from lightft.train import evaluate
+        model, _, _ = train_method(model_name, method, data, epochs=epochs, batch_size=batch_size, max_length=max_length, seed=seed,
+                                   train_subset=train_subset, progress=False)
+        model.eval()
         row = {f"{split}_accuracy": evaluate(model, tokenizer, data[split], max_length=max_length)["accuracy"] for split in ("test", "challenge")}
         row["trainable"] = param_report(model).trainable
         row["weight_changes"] = weight_changes(base, model)

@@ -16,20 +16,21 @@ from datasets import ClassLabel, Dataset, DatasetDict, DatasetInfo, Features, Se
 from sacrebleu.metrics import BLEU, CHRF
 from seqeval.metrics import classification_report
 from seqeval.metrics.sequence_labeling import get_entities
-from seqeval.scheme import IOB2
+from seqeval.scheme import IOB2, Entities
 
 from .core import package_dir
 from .data import TASKS, TaskSpec, PLM_TASK_FOR_KIND, _quiet_datasets, _require_data_dir, _sha256_text, _write_jsonl_gz, read_jsonl, register_task
 
 # %% auto #0
 __all__ = ['NER_TYPES', 'NER_LABELS', 'NER_FRACTIONS', 'QA_FRACTIONS', 'TRANSLATION_FRACTIONS', 'BUILDERS', 'LANGUAGES',
-           'DIRECTIONS', 'NER_FEATURES', 'SQUAD_FEATURES', 'CONLL_FILES', 'SQUAD_FILES', 'TATOEBA_FILES', 'task_dir',
-           'source_dir', 'parse_markup', 'to_iob2', 'stratified_split', 'build_ner_splits', 'build_qa_splits',
-           'build_translation_splits', 'build_task_assets', 'translation_direction', 'read_conll', 'split_of',
-           'read_squad_json', 'read_tatoeba', 'read_parallel', 'ner_metrics', 'aligned_tags', 'normalize_answer',
-           'squad_exact_match', 'squad_f1', 'squad_metrics', 'translation_metrics', 'align_labels', 'tokenize_ner',
-           'encode_qa', 'tokenize_qa', 'translation_prompt', 'encode_translation', 'tokenize_translation',
-           'extract_entities', 'qa_predictions', 'answer', 'translate']
+           'DIRECTIONS', 'NER_FEATURES', 'SQUAD_FEATURES', 'CONLL_FILES', 'SQUAD_FILES', 'TATOEBA_FILES',
+           'ENTITY_ERRORS', 'ANSWER_KINDS', 'TRANSLATION_FLAGS', 'task_dir', 'source_dir', 'parse_markup', 'to_iob2',
+           'stratified_split', 'build_ner_splits', 'build_qa_splits', 'build_translation_splits', 'build_task_assets',
+           'translation_direction', 'read_conll', 'split_of', 'read_squad_json', 'read_tatoeba', 'read_parallel',
+           'ner_metrics', 'aligned_tags', 'normalize_answer', 'squad_exact_match', 'squad_f1', 'squad_metrics',
+           'translation_metrics', 'align_labels', 'tokenize_ner', 'encode_qa', 'tokenize_qa', 'translation_prompt',
+           'encode_translation', 'tokenize_translation', 'extract_entities', 'qa_predictions', 'answer', 'translate',
+           'strict_entities', 'entity_errors', 'answer_errors', 'translation_errors']
 
 # %% ../nbs/09_tasks.ipynb #3c4a4ecf
 def task_dir(name:str, # a task that ships with the package: "sentiment", "ner", "qa" or "translation"
@@ -951,6 +952,111 @@ def translate(model, # a causal language model
             out += [s.split("\n")[0].strip() for s in decoded] if first_line else decoded
     finally: model.train(was_training)
     return out[0] if single else out
+
+# %% ../nbs/09_tasks.ipynb #9e64a7ed
+ENTITY_ERRORS = ("missed", "spurious", "wrong type", "wrong boundary", "wrong type and boundary")
+
+def _overlap(a:tuple, b:tuple)->bool: return a[1] <= b[2] and b[1] <= a[2]
+
+def strict_entities(tags:list, # one sentence's IOB2 tag names
+                   )->list:
+    "The entities of one sentence as strict IOB2 (seqeval's `mode=\"strict\"`) reads them: (type, first word, last word); an entity must open with `B-`."
+    return [(e.tag, e.start, e.end - 1) for e in Entities([list(tags)], IOB2).entities[0]]
+
+def entity_errors(references:list, # gold tags, one list per sentence: IOB2 tag names or label ids
+                  predictions:list, # predicted tags in the same shape
+                  tokens:list|None=None, # the words of each sentence, to give each entity's `text`
+                  label_names:tuple=NER_LABELS, # names of the label ids
+                 )->list:
+    "Every entity a prediction gets wrong (entities read as strict IOB2, as `ner_metrics` reads them), one dict per error: `sentence`, `kind` (one of `ENTITY_ERRORS`), `gold` and `predicted` as (type, first word, last word) or `None`, and with `tokens` their `gold_text` and `predicted_text`."
+    references, predictions = _tag_names(references, label_names), _tag_names(predictions, label_names)
+    if len(references) != len(predictions): raise ValueError(f"{len(references)} reference sentences but {len(predictions)} predicted")
+    if tokens is not None and len(tokens) != len(references): raise ValueError(f"{len(tokens)} token lists for {len(references)} sentences")
+    errors = []
+    for s, (ref, hyp) in enumerate(zip(references, predictions)):
+        if len(ref) != len(hyp): raise ValueError(f"sentence {s}: {len(ref)} reference tags but {len(hyp)} predicted")
+        gold, pred = strict_entities(ref), strict_entities(hyp)                  # as `ner_metrics` counts them
+        right = set(gold) & set(pred)
+        used = set()
+        def add(kind, g, p):
+            error = {"sentence": s, "kind": kind, "gold": g, "predicted": p}
+            if tokens is not None:
+                for key, e in (("gold_text", g), ("predicted_text", p)): error[key] = " ".join(tokens[s][e[1]:e[2] + 1]) if e else None
+            errors.append(error)
+        for g in gold:
+            if g in right: continue
+            near = [p for p in pred if p not in right and p not in used and _overlap(g, p)]
+            if not near: add("missed", g, None); continue
+            p = next((p for p in near if p[1:] == g[1:]), None) or next((p for p in near if p[0] == g[0]), None) or near[0]
+            used.add(p)
+            add("wrong type" if p[1:] == g[1:] else "wrong boundary" if p[0] == g[0] else "wrong type and boundary", g, p)
+        for p in pred:
+            if p not in right and p not in used: add("spurious", None, p)
+    return errors
+
+# %% ../nbs/09_tasks.ipynb #d7b9c0b7
+ANSWER_KINDS = ("exact", "longer", "shorter", "overlapping", "wrong", "empty")
+
+def _contains(longer:list, shorter:list)->bool:
+    return any(longer[k:k + len(shorter)] == shorter for k in range(len(longer) - len(shorter) + 1))
+
+def answer_errors(predictions:list, # one predicted answer per question
+                  references:list, # the gold answers of each question: a list of strings, or SQuAD's `{"text": [...], ...}`
+                 )->list:
+    "How each predicted answer relates to its gold answers after SQuAD's normalisation: a dict with `kind` (one of `ANSWER_KINDS`) and the question's `f1`."
+    if len(predictions) != len(references): raise ValueError(f"{len(predictions)} predictions but {len(references)} references")
+    out = []
+    for prediction, reference in zip(predictions, references):
+        golds = reference["text"] if isinstance(reference, dict) else reference
+        p, gs = normalize_answer(prediction).split(), [normalize_answer(g).split() for g in golds]
+        f1 = squad_f1(prediction, golds)
+        kind = ("empty" if not p else "exact" if any(p == g for g in gs) else "longer" if any(g and _contains(p, g) for g in gs)
+                else "shorter" if any(_contains(g, p) for g in gs) else "overlapping" if f1 > 0 else "wrong")
+        out.append({"kind": kind, "f1": f1})
+    return out
+
+# %% ../nbs/09_tasks.ipynb #235371a6
+TRANSLATION_FLAGS = ("empty", "wrong language", "copies the source", "too short", "too long", "repeats itself")
+_CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
+
+def _units(text:str, language:str)->list:
+    "Characters (Chinese: no spaces or punctuation) or words (English) — how a sentence's length is counted."
+    return [c for c in text if c.isalnum()] if language == "zh" else re.findall(r"\w+", text.lower())
+
+def _script_share(text:str, language:str)->float:
+    "The share of a text's letters written in `language`'s script (CJK ideographs for Chinese)."
+    letters = [c for c in text if c.isalpha()]
+    if not letters: return 0.0
+    cjk = sum(bool(_CJK.match(c)) for c in letters)
+    return (cjk if language == "zh" else len(letters) - cjk) / len(letters)
+
+def translation_errors(sources:list, # the source sentences
+                       hypotheses:list, # the system's translations
+                       references:list, # one reference translation each
+                       target:str="zh", # the target language: "zh" or "en"
+                       short:float=0.5, # "too short" under this share of the reference's length
+                       long:float=2.0, # "too long" over this multiple of it
+                      )->list:
+    "Per sentence: its chrF (sacrebleu), its length relative to the reference, and `flags`, the symptoms among `TRANSLATION_FLAGS` a script can see."
+    if not len(sources) == len(hypotheses) == len(references):
+        raise ValueError(f"{len(sources)} sources, {len(hypotheses)} hypotheses and {len(references)} references: give one of each per sentence")
+    if target not in LANGUAGES: raise ValueError(f"target must be one of {', '.join(LANGUAGES)}, not {target!r}")
+    chrf, out = CHRF(), []
+    for source, hypothesis, reference in zip(sources, hypotheses, references):
+        units, ref_units = _units(hypothesis, target), _units(reference, target)
+        ratio = len(units) / max(len(ref_units), 1)
+        grams = Counter(tuple(units[k:k + 3]) for k in range(len(units) - 2))
+        flags = []
+        if not hypothesis.strip(): flags.append("empty")
+        else:
+            wrong = _script_share(hypothesis, target) < 0.5
+            if wrong: flags.append("wrong language")
+            if normalize_answer(hypothesis) == normalize_answer(source) or chrf.sentence_score(hypothesis, [source]).score >= 60: flags.append("copies the source")
+            if not wrong and ratio < short: flags.append("too short")          # lengths compare only within the target's language
+            if not wrong and ratio > long: flags.append("too long")
+            if grams and max(grams.values()) >= 3: flags.append("repeats itself")
+        out.append({"chrf": chrf.sentence_score(hypothesis, [reference]).score, "length_ratio": ratio, "flags": flags})
+    return out
 
 # %% ../nbs/09_tasks.ipynb #bbdf12bc
 from .exercises import exercise, expect_equal, expect_close, ExerciseError

@@ -183,8 +183,8 @@ def _pad_lengths(tensors:list, value)->Tensor:
     longest = max(t.shape[1] for t in tensors)
     return torch.cat([F.pad(t, (0, 0) * (t.dim() - 2) + (0, longest - t.shape[1]), value=value) for t in tensors])
 
-def _token_metrics(model:nn.Module, logits:Tensor, labels:Tensor)->dict:
-    "Entity-level precision, recall and F1 (seqeval, chapter 9), token accuracy and loss of a token classifier."
+def _token_metrics(model:nn.Module, logits:Tensor, labels:Tensor, return_predictions:bool=False)->dict:
+    "Entity-level precision, recall and F1 (seqeval, chapter 9), token accuracy and loss of a token classifier (with its word tags)."
     from lightft.tasks import aligned_tags, ner_metrics
     config = getattr(model, "config", None)
     names = tuple(config.id2label[i] for i in range(config.num_labels)) if config is not None else ()
@@ -193,10 +193,11 @@ def _token_metrics(model:nn.Module, logits:Tensor, labels:Tensor)->dict:
     preds = logits.argmax(-1)
     refs, hyps = aligned_tags(preds.numpy(), labels.numpy(), names)
     keep = labels != -100
-    return dict(**ner_metrics(refs, hyps, names), accuracy=float((preds[keep] == labels[keep]).float().mean()),
-                loss=task_loss(logits, labels).item(), n=len(labels))
+    out = dict(**ner_metrics(refs, hyps, names), accuracy=float((preds[keep] == labels[keep]).float().mean()),
+               loss=task_loss(logits, labels).item(), n=len(labels))
+    return dict(out, predictions=hyps) if return_predictions else out
 
-def _qa_metrics(model, tokenizer, split, batch_size:int, max_length:int, progress:bool)->dict:
+def _qa_metrics(model, tokenizer, split, batch_size:int, max_length:int, progress:bool, return_predictions:bool=False)->dict:
     "SQuAD exact match and F1 (as fractions), the span loss and the number of questions `n` of an extractive QA model on a raw QA split."
     from lightft.tasks import tokenize_qa, qa_predictions, squad_metrics
     if "context" not in split.column_names:
@@ -207,10 +208,13 @@ def _qa_metrics(model, tokenizer, split, batch_size:int, max_length:int, progres
     starts, ends = torch.tensor(features["start_positions"]), torch.tensor(features["end_positions"])
     loss = (F.cross_entropy(logits[..., 0], starts) + F.cross_entropy(logits[..., 1], ends)) / 2
     best = qa_predictions(features, logits[..., 0].numpy(), logits[..., 1].numpy(), dict(zip(split["id"], split["context"])))
-    scores = squad_metrics([best[i]["text"] for i in split["id"]], split["answers"])
-    return dict(exact_match=scores["exact_match"] / 100, f1=scores["f1"] / 100, loss=loss.item(), n=len(split))
+    answers = [best[i]["text"] for i in split["id"]]
+    scores = squad_metrics(answers, split["answers"])
+    out = dict(exact_match=scores["exact_match"] / 100, f1=scores["f1"] / 100, loss=loss.item(), n=len(split))
+    return dict(out, predictions=answers) if return_predictions else out
 
-def _translation_metrics(model, tokenizer, split, batch_size:int, max_length:int, progress:bool, generate:bool, max_new_tokens:int)->dict:
+def _translation_metrics(model, tokenizer, split, batch_size:int, max_length:int, progress:bool, generate:bool, max_new_tokens:int,
+                         return_predictions:bool=False)->dict:
     "Loss and perplexity of the reference translations (teacher forcing) and, with `generate`, chrF and BLEU of the model's own translations."
     from lightft.tasks import tokenize_translation, translation_direction, translate, translation_metrics
     if "translation" not in split.column_names:
@@ -228,6 +232,7 @@ def _translation_metrics(model, tokenizer, split, batch_size:int, max_length:int
         direction = translation_direction(split)
         hypotheses = translate(model, tokenizer, split["source"], direction, max_new_tokens=max_new_tokens, batch_size=batch_size)
         out.update(translation_metrics(hypotheses, split["target"], target=direction.split("-")[1]))
+        if return_predictions: out["predictions"] = hypotheses
     return dict(out, n=len(split))
 
 KIND_METRICS = {"classification": ("accuracy", "macro_f1", "loss"), "token-classification": ("f1", "precision", "recall", "accuracy", "loss"),
@@ -242,16 +247,19 @@ def evaluate(model:nn.Module, # a classifier, token classifier, extractive QA mo
              progress:bool=False, # show a progress bar
              generate:bool=True, # translation: also translate the sources and score chrF and BLEU (slower than the loss alone)
              max_new_tokens:int=96, # translation: longest generated translation, in tokens
+             return_predictions:bool=False, # also return `predictions`, one per example: label ids; word tags; answer texts; translations
             )->dict:
-    "The metrics people report for the task's kind, with the loss and the number of examples `n`: accuracy and macro-F1; entity precision, recall and F1 and token accuracy (chapter 9); SQuAD exact match and F1; or chrF and BLEU."
+    "The metrics people report for the task's kind, with the loss and the number of examples `n`: accuracy and macro-F1; entity precision, recall and F1 and token accuracy (chapter 9); SQuAD exact match and F1; or chrF and BLEU. With `return_predictions`, also what the model predicted, for error analysis."
     kind = task_kind(split, model)
-    if kind == "question-answering": return _qa_metrics(model, tokenizer, split, batch_size, max_length, progress)
-    if kind == "translation": return _translation_metrics(model, tokenizer, split, batch_size, max_length, progress, generate, max_new_tokens)
+    if kind == "question-answering": return _qa_metrics(model, tokenizer, split, batch_size, max_length, progress, return_predictions)
+    if kind == "translation":
+        if return_predictions and not generate: raise ValueError("return_predictions=True for translation needs generate=True: the predictions are the generated translations")
+        return _translation_metrics(model, tokenizer, split, batch_size, max_length, progress, generate, max_new_tokens, return_predictions)
     loader = make_loader(as_tokenized(split, tokenizer, max_length, kind), tokenizer, batch_size)
     logits, labels = _all_logits(model, loader, progress)
-    if logits.dim() == 3: return _token_metrics(model, logits, labels)
-    return dict(**classification_metrics(logits.argmax(-1).numpy(), labels.numpy()),
-                loss=F.cross_entropy(logits, labels).item(), n=len(labels))
+    if logits.dim() == 3: return _token_metrics(model, logits, labels, return_predictions)
+    out = dict(**classification_metrics(logits.argmax(-1).numpy(), labels.numpy()), loss=F.cross_entropy(logits, labels).item(), n=len(labels))
+    return dict(out, predictions=logits.argmax(-1).tolist()) if return_predictions else out
 
 def predict(model:nn.Module, # a classifier
             tokenizer, # its tokenizer

@@ -94,7 +94,6 @@ def run_method(model_name:str, # a name for `load_plm`: "minilm-l6", "tiny-bert"
               )->dict:
     "Train `method` on `model_name` with `data` (`train_method`) and measure it: one row of the results table, with the metrics of the task's kind (`REPORTED`) and, with `attacks`, accuracy under each attack."
     options = dict(options or {})
-    lr = lr if lr is not None else get_method(method)[0].lr
     report_split, _ = labelled_splits(data)
     kind = task_kind(data["train"])
     model, tokenizer, history = train_method(model_name, method, data, options, epochs=epochs, lr=lr, batch_size=batch_size, max_length=max_length,
@@ -102,7 +101,7 @@ def run_method(model_name:str, # a name for `load_plm`: "minilm-l6", "tiny-bert"
                                              precision=precision, device=device)
     counts = param_report(model)
     row = dict(model=model_name, method=method, trainable=counts.trainable, total=counts.total,
-               pct_trainable=round(counts.pct_trainable, 4), lr=lr, epochs=epochs, best_epoch=history.best_epoch,
+               pct_trainable=round(counts.pct_trainable, 4), lr=history.config["lr"], epochs=epochs, best_epoch=history.best_epoch,
                steps=len(history.steps), seed=seed, precision=precision, device=history.config["device"])
     if options: row["options"] = json.dumps(options, sort_keys=True)
     results = {report_split: evaluate(model, tokenizer, data[report_split], max_length=max_length)}

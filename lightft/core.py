@@ -17,8 +17,8 @@ from torch import nn
 
 # %% auto #0
 __all__ = ['OFFLINE_MODEL_PACKAGES', 'SLOW_ENV', 'package_dir', 'cache_dir', 'get_device', 'env_report', 'format_env_report',
-           'hub_offline', 'set_seed', 'format_bytes', 'ParamReport', 'param_report', 'Measurement', 'measure',
-           'eval_mode', 'slow_enabled', 'run_slow']
+           'machine_summary', 'hub_offline', 'set_seed', 'format_bytes', 'ParamReport', 'param_report', 'Measurement',
+           'measure', 'eval_mode', 'slow_enabled', 'run_slow']
 
 # %% ../nbs/00_core.ipynb #9674fa74
 OFFLINE_MODEL_PACKAGES = {
@@ -78,6 +78,12 @@ def format_env_report(report:dict|None=None, # from `env_report`; computed if om
     flat.update({f"model {k}": ("installed" if v else "missing") for k, v in report["offline_models"].items()})
     width = max(map(len, flat))
     return "\n".join(f"{k:<{width}}  {v}" for k, v in flat.items())
+
+def machine_summary(report:dict|None=None, # from `env_report`; computed if omitted
+                   )->str:
+    "One line saying where a result was measured — platform, CPU cores, torch version and threads, device — as the slow cells store it beside their results."
+    report = report or env_report()
+    return f"{report['platform']}, {report['cpu_count']} CPUs, torch {report['torch']} ({report['torch_threads']} threads), device {report['device']}"
 
 # %% ../nbs/00_core.ipynb #1fb4507b
 @contextmanager

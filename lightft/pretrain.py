@@ -33,7 +33,7 @@ __all__ = ['CORPUS_FORMAT', 'QUICK_SOURCES', 'COURSE_SOURCES', 'SKIP_DIRS', 'COD
            'save_pretraining_run', 'pretrain_preset', 'tiny_bert_path', 'load_tiny_bert', 'heldout_documents',
            'english_heldout', 'cloze_blanks', 'fill_in_blanks', 'frequent_word_accuracy', 'mlm_head_parameters',
            'minilm_head_path', 'load_minilm_mlm', 'save_mlm_head', 'masked_features', 'train_mlm_head', 'head_texts',
-           'fill_in_report', 'write_head_card']
+           'fill_in_report', 'write_head_card', 'mlm_chunks', 'mlm_validation_loss', 'continue_pretraining']
 
 # %% ../nbs/02_pretraining.ipynb #3884d44a
 CORPUS_FORMAT = 2   # bump when the cleaning rules change: it invalidates cached corpora
@@ -998,6 +998,90 @@ The head reads what a sentence-embedding model kept in its token vectors; it was
     path = out_dir/"README.md"
     path.write_text(card)
     return path
+
+# %% ../nbs/02_pretraining.ipynb #224b9714
+def mlm_chunks(tokenizer, # a BERT tokenizer: [CLS] and [SEP] are added to each chunk
+               texts:list, # plain texts of any length
+               max_length:int=128, # tokens per chunk, [CLS] and [SEP] included
+              )->list:
+    "Token ids of every text cut into consecutive chunks of at most `max_length` tokens, each as `[CLS] … [SEP]`: long texts are read whole."
+    if max_length < 3: raise ValueError(f"max_length must leave room for [CLS], [SEP] and one token, not {max_length}")
+    body, chunks = max_length - 2, []
+    for ids in tokenizer(list(texts), add_special_tokens=False, verbose=False)["input_ids"]:
+        chunks += [[tokenizer.cls_token_id] + ids[k:k + body] + [tokenizer.sep_token_id] for k in range(0, len(ids), body)]
+    return chunks
+
+def _mlm_batch(chunks:list, tokenizer, generator:torch.Generator)->dict:
+    "Pad `chunks` and mask them by BERT's rule: the inputs, attention mask and labels of one MLM batch."
+    width = max(map(len, chunks))
+    ids = torch.full((len(chunks), width), tokenizer.pad_token_id, dtype=torch.long)
+    for row, chunk in enumerate(chunks): ids[row, :len(chunk)] = torch.tensor(chunk)
+    inputs, labels = mask_tokens(ids, tokenizer, generator=generator)
+    return dict(input_ids=inputs, attention_mask=(ids != tokenizer.pad_token_id).long(), labels=labels)
+
+def mlm_validation_loss(model:BertForMaskedLM, # a masked LM
+                        tokenizer,
+                        chunks:list, # from `mlm_chunks`
+                        batch_size:int=64,
+                        seed:int=0, # the same seed masks the same positions: losses at different steps compare
+                       )->float:
+    "Mean masked-LM cross-entropy over the masked positions of `chunks`, masked the same way at every call."
+    generator, total, count = torch.Generator().manual_seed(seed), 0.0, 0
+    with eval_mode(model), torch.no_grad():
+        for k in range(0, len(chunks), batch_size):
+            batch = _mlm_batch(chunks[k:k + batch_size], tokenizer, generator)
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            total += F.cross_entropy(logits.flatten(0, 1), batch["labels"].flatten(), ignore_index=-100, reduction="sum").item()
+            count += int((batch["labels"] != -100).sum())
+    return total / max(1, count)
+
+def continue_pretraining(model:BertForMaskedLM, # a pretrained masked LM, trained in place (every weight)
+                         tokenizer, # its tokenizer
+                         texts:list, # unlabelled training texts
+                         steps:int=300, # optimizer steps
+                         batch_size:int=32, # chunks per step
+                         lr:float=3e-4, # peak learning rate (linear warm-up, then linear decay)
+                         warmup_ratio:float=0.06, # share of the steps spent warming up
+                         max_length:int=128, # tokens per chunk
+                         seed:int=0, # seeds the order and the masking
+                         eval_every:int=0, # score every this many steps (0: only before and after)
+                         fill_in:tuple|None=None, # `(sentences, blanks)` from `cloze_blanks`: fill-in accuracy at each evaluation
+                         validation_texts:list|None=None, # texts for the masked-LM validation loss at each evaluation
+                         progress:bool=True, # a tqdm bar
+                        )->dict:
+    "Go on pretraining a masked LM on `texts` with the MLM objective alone; returns the history (losses, and at each evaluation the fill-in accuracy and validation loss)."
+    chunks = mlm_chunks(tokenizer, texts, max_length)
+    if len(chunks) < batch_size: raise ValueError(f"{len(texts)} texts make {len(chunks)} chunks, fewer than one batch of {batch_size}: give more text or a smaller batch_size")
+    valid = mlm_chunks(tokenizer, validation_texts, max_length) if validation_texts else None
+    def score(step):
+        out = dict(step=step, seconds=round(time.time() - start, 1))
+        if fill_in is not None: out["fill_in"] = fill_in_blanks(model, tokenizer, fill_in[0], fill_in[1])["accuracy"]
+        if valid: out["validation_loss"] = mlm_validation_loss(model, tokenizer, valid)
+        return out
+    start = time.time()
+    for p in model.parameters(): p.requires_grad_(True)
+    optimizer = torch.optim.AdamW(param_groups(model, 0.01), lr=lr)
+    schedule, generator = make_scheduler(optimizer, steps, warmup_ratio), torch.Generator().manual_seed(seed)
+    history = dict(loss=[], lr=[], evals=[score(0)], chunks=len(chunks), tokens=0)
+    order, k = torch.randperm(len(chunks), generator=generator).tolist(), 0
+    torch.manual_seed(seed)                                  # dropout draws from torch's global generator
+    model.train()
+    bar = tqdm(range(steps), desc="continued pretraining", disable=not progress)
+    for step in bar:
+        if k + batch_size > len(order): order, k = torch.randperm(len(chunks), generator=generator).tolist(), 0
+        batch = _mlm_batch([chunks[j] for j in order[k:k + batch_size]], tokenizer, generator); k += batch_size
+        loss = model(**batch).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step(); schedule.step(); optimizer.zero_grad(set_to_none=True)
+        history["loss"].append(loss.item()); history["lr"].append(schedule.get_last_lr()[0])
+        history["tokens"] += int(batch["attention_mask"].sum())
+        bar.set_postfix(mlm=f"{loss.item():.3f}")
+        if (eval_every and (step + 1) % eval_every == 0) or step + 1 == steps:
+            history["evals"].append(score(step + 1)); model.train()
+    model.eval()
+    history.update(steps=steps, epochs=round(steps * batch_size / len(chunks), 2), seconds=round(time.time() - start, 1))
+    return history
 
 # %% ../nbs/02_pretraining.ipynb #53e9599b
 from .exercises import exercise, expect_close, expect_equal, ExerciseError

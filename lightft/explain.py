@@ -543,6 +543,8 @@ def what_changed(model_name:str, # a name for `load_plm`, e.g. "minilm-l6"
                  log=print,                  # called with a line of progress; None: silent
                 )->dict:
     "Train each method, then compare every tuned model with the base model: accuracies, weight changes, ΔW spectra (full vs LoRA), CKA, probes, attribution agreement."
+    from lightft.compare import train_method      # chapter 5b: load, apply the method, fit with its recipe learning rate
+    from lightft.train import evaluate
     log = log or (lambda *_: None)
     take = lambda split, n: data[split].select(range(min(n, len(data[split])))) if n is not None else data[split]
     ptrain, ptest = take("train", probe_train), take("test", probe_test)
@@ -557,8 +559,6 @@ def what_changed(model_name:str, # a name for `load_plm`, e.g. "minilm-l6"
     deltas = {}
     for method in methods:
         log(f"{method}: training")
-        from lightft.compare import train_method      # chapter 5b: load, apply the method, fit with its recipe learning rate
-        from lightft.train import evaluate
         model, _, _ = train_method(model_name, method, data, epochs=epochs, batch_size=batch_size, max_length=max_length, seed=seed,
                                    train_subset=train_subset, progress=False)
         model.eval()

@@ -1012,12 +1012,10 @@ def mlm_chunks(tokenizer, # a BERT tokenizer: [CLS] and [SEP] are added to each 
     return chunks
 
 def _mlm_batch(chunks:list, tokenizer, generator:torch.Generator)->dict:
-    "Pad `chunks` and mask them by BERT's rule: the inputs, attention mask and labels of one MLM batch."
-    width = max(map(len, chunks))
-    ids = torch.full((len(chunks), width), tokenizer.pad_token_id, dtype=torch.long)
-    for row, chunk in enumerate(chunks): ids[row, :len(chunk)] = torch.tensor(chunk)
-    inputs, labels = mask_tokens(ids, tokenizer, generator=generator)
-    return dict(input_ids=inputs, attention_mask=(ids != tokenizer.pad_token_id).long(), labels=labels)
+    "Pad `chunks` (chapter 3's `PadCollator`) and mask them by BERT's rule: the inputs, attention mask and labels of one MLM batch."
+    batch = PadCollator(tokenizer)([dict(input_ids=c, attention_mask=[1] * len(c)) for c in chunks])
+    batch["input_ids"], batch["labels"] = mask_tokens(batch["input_ids"], tokenizer, generator=generator)
+    return batch
 
 def mlm_validation_loss(model:BertForMaskedLM, # a masked LM
                         tokenizer,

@@ -258,8 +258,9 @@ def evaluate(model:nn.Module, # a classifier, token classifier, extractive QA mo
     loader = make_loader(as_tokenized(split, tokenizer, max_length, kind), tokenizer, batch_size)
     logits, labels = _all_logits(model, loader, progress)
     if logits.dim() == 3: return _token_metrics(model, logits, labels, return_predictions)
-    out = dict(**classification_metrics(logits.argmax(-1).numpy(), labels.numpy()), loss=F.cross_entropy(logits, labels).item(), n=len(labels))
-    return dict(out, predictions=logits.argmax(-1).tolist()) if return_predictions else out
+    predicted = logits.argmax(-1)
+    out = dict(**classification_metrics(predicted.numpy(), labels.numpy()), loss=F.cross_entropy(logits, labels).item(), n=len(labels))
+    return dict(out, predictions=predicted.tolist()) if return_predictions else out
 
 def predict(model:nn.Module, # a classifier
             tokenizer, # its tokenizer

@@ -227,7 +227,8 @@ def test_pretrain_learns_and_is_reproducible(tokenizer, corpus):
     for _ in range(2):
         torch.manual_seed(0)
         model = BertForPreTraining(small_config(tokenizer))
-        runs.append(pretrain(model, tokenizer, corpus.train[:200], steps=20, batch_size=8, max_length=64, lr=3e-3,
+        # 40 steps, not 20: after 20 the drop is only ~0.6, and another CPU's rounding took it under the 0.5 bar
+        runs.append(pretrain(model, tokenizer, corpus.train[:200], steps=40, batch_size=8, max_length=64, lr=3e-3,
                              warmup=0.2, progress=False))
     assert runs[0]["mlm_loss"] == runs[1]["mlm_loss"]
     assert sum(runs[0]["mlm_loss"][-3:]) / 3 < runs[0]["mlm_loss"][0] - 0.5

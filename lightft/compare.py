@@ -19,7 +19,7 @@ from .train import fit, evaluate, check_fit_settings
 # %% auto #0
 __all__ = ['REPORTED', 'QUICK', 'SETTINGS', 'HEADLINE', 'labelled_splits', 'train_method', 'run_method', 'tfidf_baseline',
            'prompting_baseline', 'check_settings', 'compare', 'summarize_seeds', 'format_table', 'plot_results',
-           'write_results']
+           'write_results', 'choose_on_validation']
 
 # %% ../nbs/05b_compare.ipynb #d5dd4d5d
 def labelled_splits(data)->tuple:
@@ -94,7 +94,7 @@ def run_method(model_name:str, # a name for `load_plm`: "minilm-l6", "tiny-bert"
               )->dict:
     "Train `method` on `model_name` with `data` (`train_method`) and measure it: one row of the results table, with the metrics of the task's kind (`REPORTED`) and, with `attacks`, accuracy under each attack."
     options = dict(options or {})
-    report_split, _ = labelled_splits(data)
+    report_split, select_split = labelled_splits(data)
     kind = task_kind(data["train"])
     model, tokenizer, history = train_method(model_name, method, data, options, epochs=epochs, lr=lr, batch_size=batch_size, max_length=max_length,
                                              seed=seed, train_subset=train_subset, progress=progress, grad_accum=grad_accum,
@@ -104,6 +104,8 @@ def run_method(model_name:str, # a name for `load_plm`: "minilm-l6", "tiny-bert"
                pct_trainable=round(counts.pct_trainable, 4), lr=history.config["lr"], epochs=epochs, best_epoch=history.best_epoch,
                steps=len(history.steps), seed=seed, precision=precision, device=history.config["device"])
     if options: row["options"] = json.dumps(options, sort_keys=True)
+    if select_split and history.best:                           # the score that chose the epoch (and `choose_on_validation`'s setting)
+        row[f"{select_split}_{history.best_metric}"] = round(history.best[f"eval_{history.best_metric}"], 4)
     results = {report_split: evaluate(model, tokenizer, data[report_split], max_length=max_length)}
     if "challenge" in data: results["challenge"] = evaluate(model, tokenizer, data["challenge"], max_length=max_length)
     for split, r in results.items():
@@ -391,6 +393,31 @@ def write_results(rows:list, # rows from `compare`
     fig = plot_results(rows, out / "results.png")
     import matplotlib.pyplot as plt; plt.close(fig)
     return [out / "results.csv", out / "results.json", out / "results.png"]
+
+# %% ../nbs/05b_compare.ipynb #392f2846
+def choose_on_validation(model_name:str, # a name for `load_plm`: "minilm-l6", "tiny-bert", a folder or a hub id
+                         method:str, # a registered method, e.g. "lora"
+                         data, # a `DatasetDict` from `load_task` with labelled validation and test splits
+                         grid:list, # the settings to try: dicts with "lr" and/or "options", e.g. [{"lr": 1e-3}, {"lr": 3e-3, "options": {"targets": "all-linear"}}]
+                         **settings, # run settings for every trial, passed to `run_method`: epochs, batch_size, max_length, seed, ...
+                        )->dict:
+    "Train `method` once per setting in `grid` (`run_method`) and choose the one with the best validation score; the test split plays no part in the choice."
+    spec, defaults = get_method(method)
+    if not grid: raise ValueError("grid is empty: give at least one setting, e.g. [{'lr': 1e-3}]")
+    for i, entry in enumerate(grid):                            # every setting is checked before the first one trains
+        if not isinstance(entry, dict) or not entry or set(entry) - {"lr", "options"}:
+            raise ValueError(f"grid[{i}] = {entry!r}: each setting is a dict with 'lr' and/or 'options'")
+        spec.check_options({**defaults, **entry.get("options", {})})
+    report_split, select_split = labelled_splits(data)
+    if select_split is None: raise ValueError(f"choosing on validation needs a labelled validation split besides the {report_split!r} split it reports")
+    rows = []
+    for i, entry in enumerate(grid):
+        row = run_method(model_name, method, data, entry.get("options"), lr=entry.get("lr"), **settings)
+        rows.append(dict(row, trial=i))
+    metric = next(k for k in rows[0] if k.startswith(f"{select_split}_"))
+    lower_better = metric.endswith("loss")                      # translation chooses epochs by validation loss
+    chosen = (min if lower_better else max)(range(len(rows)), key=lambda i: rows[i][metric])   # ties: the first setting in the grid
+    return dict(rows=rows, chosen=chosen, metric=metric)
 
 # %% ../nbs/05b_compare.ipynb #b377df1b
 from .exercises import exercise, expect_close

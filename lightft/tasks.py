@@ -401,14 +401,20 @@ for _spec in [
 ]: register_task(_spec, replace=True)
 
 # %% ../nbs/09_tasks.ipynb #805c1ac5
-CONLL_FILES = {"train": ("eng.train", "train.txt"), "validation": ("eng.testa", "valid.txt"), "test": ("eng.testb", "test.txt")}
-_CONLL_TAG = re.compile(r"O|[BI]-(PER|ORG|LOC|MISC)")
+CONLL_FILES = {"train": ("eng.train", "train.txt"), "validation": ("eng.testa", "valid.txt", "dev.txt"), "test": ("eng.testb", "test.txt")}
+
+def _text_lines(path:Path)->list:
+    "The lines of a text file: UTF-8 (a byte-order mark is dropped), or Latin-1 when the bytes are not UTF-8, as in the original CoNLL-2002 files."
+    data = Path(path).read_bytes()
+    try: text = data.decode("utf-8-sig")
+    except UnicodeDecodeError: text = data.decode("latin-1")
+    return text.split("\n")            # not splitlines(): Latin-1's byte 0x85 would end a line there
 
 def read_conll(path:str|Path, # a CoNLL-format file: one token per line, its tag in the last column, blank lines between sentences
                columns:int|None=4, # columns per line (CoNLL-2003: word POS chunk NER); None: any number >= 2 (word ... tag)
                types:tuple|None=NER_TYPES, # the entity types allowed; None: any
               )->list:
-    "The sentences of a CoNLL-format file as `(tokens, tags)` pairs with IOB2 tags (from IOB1, IOB2 or IOBES); `-DOCSTART-` lines are skipped."
+    "The sentences of a CoNLL-format file as `(tokens, tags)` pairs with IOB2 tags (from IOB1, IOB2 or IOBES); `-DOCSTART-` and `# comment` lines are skipped."
     path, sentences, tokens, tags = Path(path), [], [], []
     kinds = "|".join(map(re.escape, types)) if types else r"[A-Za-z][\w-]*"
     tag_pattern = re.compile(rf"O|[BIES]-({kinds})")
@@ -418,18 +424,18 @@ def read_conll(path:str|Path, # a CoNLL-format file: one token per line, its tag
             except ValueError as e: raise ValueError(f"{path}, sentence ending at line {n}: {e}") from None
         tokens.clear(); tags.clear()
     n = 0
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            fields = line.split()
-            if not fields: flush(); continue
-            if fields[0] == "-DOCSTART-": flush(); continue
-            if columns is not None and len(fields) != columns:
-                raise ValueError(f"{path}, line {n}: expected {columns} space-separated columns (word POS chunk NER), found {len(fields)}")
-            if len(fields) < 2: raise ValueError(f"{path}, line {n}: expected a word and its tag, found one column")
-            if not tag_pattern.fullmatch(fields[-1]):
-                allowed = f"with TYPE one of {', '.join(types)}" if types else "(or S-/E-TYPE)"
-                raise ValueError(f"{path}, line {n}: NER tag {fields[-1]!r} is not O, B-TYPE or I-TYPE {allowed}")
-            tokens.append(fields[0]); tags.append(fields[-1])
+    for n, line in enumerate(_text_lines(path), 1):
+        fields = line.split()
+        if not fields: flush(); continue
+        if fields[0] == "-DOCSTART-": flush(); continue
+        if line.startswith("#") and not tag_pattern.fullmatch(fields[-1]): continue   # a comment (CoNLL-U, MultiCoNER); a "#" token has a tag
+        if columns is not None and len(fields) != columns:
+            raise ValueError(f"{path}, line {n}: expected {columns} space-separated columns (word POS chunk NER), found {len(fields)}")
+        if len(fields) < 2: raise ValueError(f"{path}, line {n}: expected a word and its tag, found one column")
+        if not tag_pattern.fullmatch(fields[-1]):
+            allowed = f"with TYPE one of {', '.join(types)}" if types else "(or S-/E-TYPE)"
+            raise ValueError(f"{path}, line {n}: NER tag {fields[-1]!r} is not O, B-TYPE or I-TYPE {allowed}")
+        tokens.append(fields[0]); tags.append(fields[-1])
     flush()
     return sentences
 
@@ -525,7 +531,7 @@ def read_tatoeba(path:str|Path, # a Tatoeba pair file such as `cmn.txt`: `Englis
                 )->list:
     "The `(english, chinese, attribution)` triples of a Tatoeba pair file; the attribution may be missing (empty string)."
     path, out = Path(path), []
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8-sig") as f:   # a byte-order mark, if any, is not part of the first sentence
         for n, line in enumerate(f, 1):
             line = line.rstrip("\r\n")
             if not line.strip(): continue
@@ -580,7 +586,7 @@ for _spec in [
     TaskSpec(
         "conll2003", NER_LABELS, metric="f1", text_fields=("tokens",), kind="token-classification", loader=_load_conll,
         description="CoNLL-2003 English NER (Tjong Kim Sang & De Meulder, 2003): Reuters news, PER/ORG/LOC/MISC; read from your files, IOB1 or IOB2.",
-        how_to_get="get the CoNLL-2003 English files (eng.train, eng.testa, eng.testb, or train.txt, valid.txt, test.txt) and call "
+        how_to_get="get the CoNLL-2003 English files (eng.train, eng.testa, eng.testb, or train.txt, valid.txt or dev.txt, test.txt) and call "
                    "load_task('conll2003', data_dir='path/to/folder')"),
     TaskSpec(
         "squad", (), metric="f1", text_fields=("question", "context"), kind="question-answering", loader=_load_squad, splits=("train", "validation"),

@@ -233,13 +233,31 @@ def test_read_conll_converts_iob1_and_skips_docstart(tmp_path):
     assert [g for _, g in sentences] == [["B-ORG", "O", "B-MISC", "O"], ["B-PER", "I-PER"], ["B-ORG", "B-LOC", "B-PER", "B-PER", "I-PER"]]
 
 
+def test_read_conll_reads_latin1_byte_order_marks_and_comments(tmp_path):
+    # the original CoNLL-2002 files are Latin-1; some copies start with a UTF-8 byte-order mark; CoNLL-U style files have comments
+    (tmp_path/"esp.train").write_bytes("-DOCSTART- O\n\nMéxico B-LOC\nganó O\n\n".encode("latin-1"))
+    assert read_conll(tmp_path/"esp.train", columns=None) == [(["México", "ganó"], ["B-LOC", "O"])]
+    (tmp_path/"eng.train").write_bytes(b"\xef\xbb\xbf" + CONLL_IOB1.encode("utf-8"))
+    assert read_conll(tmp_path/"eng.train") == read_conll_text(tmp_path, CONLL_IOB1)
+    (tmp_path/"multi.conll").write_text("# id 3f2a\tdomain=en\nParis _ _ B-LOC\n# _ _ O\n\n")
+    assert read_conll(tmp_path/"multi.conll") == [(["Paris", "#"], ["B-LOC", "O"])]       # a "#" token with a tag stays
+
+
+def read_conll_text(tmp_path, text):
+    (tmp_path/"plain.txt").write_text(text, encoding="utf-8")
+    return read_conll(tmp_path/"plain.txt")
+
+
 def test_conll2003_folder_layouts_and_errors(tmp_path):
     (tmp_path/"train.txt").write_text(CONLL_IOB1)
     (tmp_path/"test.txt").write_text("Rome NNP I-NP B-LOC\n\n")
     data = load_task("conll2003", data_dir=tmp_path)
     assert list(data) == ["train", "test"]
     assert data["test"][0] == {"tokens": ["Rome"], "ner_tags": [NER_LABELS.index("B-LOC")]}
-    with pytest.raises(FileNotFoundError, match="no eng.testa or valid.txt"): load_task("conll2003", split="validation", data_dir=tmp_path)
+    with pytest.raises(FileNotFoundError, match="no eng.testa or valid.txt or dev.txt"): load_task("conll2003", split="validation", data_dir=tmp_path)
+    (tmp_path/"dev.txt").write_text("Oslo NNP I-NP I-LOC\n")
+    assert list(load_task("conll2003", split="validation", data_dir=tmp_path)["ner_tags"]) == [[NER_LABELS.index("B-LOC")]]
+    (tmp_path/"dev.txt").unlink()
     (tmp_path/"test.txt").write_text("Rome NNP I-NP B-LOC\nfell VBD\n")
     with pytest.raises(ValueError, match=r"test.txt, line 2: expected 4 space-separated columns"): load_task("conll2003", data_dir=tmp_path)
     (tmp_path/"test.txt").write_text("Rome NNP I-NP X-LOC\n")

@@ -394,7 +394,7 @@ def write_results(rows:list, # rows from `compare`
     import matplotlib.pyplot as plt; plt.close(fig)
     return [out / "results.csv", out / "results.json", out / "results.png"]
 
-# %% ../nbs/05b_compare.ipynb #392f2846
+# %% ../nbs/05b_compare.ipynb #a330a650
 def choose_on_validation(model_name:str, # a name for `load_plm`: "minilm-l6", "tiny-bert", a folder or a hub id
                          method:str, # a registered method, e.g. "lora"
                          data, # a `DatasetDict` from `load_task` with labelled validation and test splits

@@ -8,6 +8,7 @@ Docs: https://lightft.github.io/lightft/tasks.html.md"""
 from __future__ import annotations
 import hashlib, json, re, random, string
 from collections import Counter, defaultdict
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -27,10 +28,10 @@ __all__ = ['NER_TYPES', 'NER_LABELS', 'NER_FRACTIONS', 'QA_FRACTIONS', 'TRANSLAT
            'ENTITY_ERRORS', 'ANSWER_KINDS', 'TRANSLATION_FLAGS', 'task_dir', 'source_dir', 'parse_markup', 'to_iob2',
            'stratified_split', 'build_ner_splits', 'build_qa_splits', 'build_translation_splits', 'build_task_assets',
            'translation_direction', 'read_conll', 'split_of', 'read_squad_json', 'read_tatoeba', 'read_parallel',
-           'ner_metrics', 'aligned_tags', 'normalize_answer', 'squad_exact_match', 'squad_f1', 'squad_metrics',
-           'translation_metrics', 'align_labels', 'tokenize_ner', 'encode_qa', 'tokenize_qa', 'translation_prompt',
-           'encode_translation', 'tokenize_translation', 'extract_entities', 'qa_predictions', 'answer', 'translate',
-           'strict_entities', 'entity_errors', 'answer_errors', 'translation_errors']
+           'read_parallel_tsv', 'ner_metrics', 'aligned_tags', 'normalize_answer', 'squad_exact_match', 'squad_f1',
+           'squad_metrics', 'translation_metrics', 'align_labels', 'tokenize_ner', 'encode_qa', 'tokenize_qa',
+           'translation_prompt', 'encode_translation', 'tokenize_translation', 'extract_entities', 'qa_predictions',
+           'answer', 'translate', 'strict_entities', 'entity_errors', 'answer_errors', 'translation_errors']
 
 # %% ../nbs/09_tasks.ipynb #3c4a4ecf
 def task_dir(name:str, # a task that ships with the package: "sentiment", "ner", "qa" or "translation"
@@ -403,12 +404,15 @@ for _spec in [
 # %% ../nbs/09_tasks.ipynb #805c1ac5
 CONLL_FILES = {"train": ("eng.train", "train.txt"), "validation": ("eng.testa", "valid.txt", "dev.txt"), "test": ("eng.testb", "test.txt")}
 
-def _text_lines(path:Path)->list:
-    "The lines of a text file: UTF-8 (a byte-order mark is dropped), or Latin-1 when the bytes are not UTF-8, as in the original CoNLL-2002 files."
+def _text_lines(path:Path, latin1:bool=True)->list:
+    "The lines of a text file: UTF-8 (a byte-order mark is dropped), or with `latin1` Latin-1 when the bytes are not UTF-8, as in the original CoNLL-2002 files."
     data = Path(path).read_bytes()
     try: text = data.decode("utf-8-sig")
-    except UnicodeDecodeError: text = data.decode("latin-1")
-    return text.split("\n")            # not splitlines(): Latin-1's byte 0x85 would end a line there
+    except UnicodeDecodeError as e:
+        if not latin1: raise ValueError(f"{path}: not UTF-8 text (byte {e.start}); save it as UTF-8") from None
+        text = data.decode("latin-1")
+    lines = [line.rstrip("\r") for line in text.split("\n")]   # not splitlines(): U+2028 inside a sentence, or Latin-1's 0x85, is no line end
+    return lines[:-1] if lines and lines[-1] == "" else lines
 
 def read_conll(path:str|Path, # a CoNLL-format file: one token per line, its tag in the last column, blank lines between sentences
                columns:int|None=4, # columns per line (CoNLL-2003: word POS chunk NER); None: any number >= 2 (word ... tag)
@@ -563,23 +567,62 @@ def read_parallel(english:str|Path, # a file of English sentences, one per line 
                   chinese:str|Path, # the file of their Chinese translations, line by line (e.g. `train.zh`)
                  )->list:
     "The `(english, chinese)` pairs of two line-aligned files (the Moses/WMT plain-text convention); a line empty on either side is skipped."
-    en, zh = (Path(p).read_text(encoding="utf-8-sig").splitlines() for p in (english, chinese))
+    en, zh = (_text_lines(p, latin1=False) for p in (english, chinese))
     if len(en) != len(zh): raise ValueError(f"{english} has {len(en)} lines but {chinese} has {len(zh)}: line-aligned files need as many lines")
     pairs = [(e.strip(), z.strip()) for e, z in zip(en, zh) if e.strip() and z.strip()]
     if not pairs: raise ValueError(f"{english}, {chinese}: no sentence pairs")
     return pairs
 
+def _cjk_share(texts:list)->float:
+    "The share of texts with at least one CJK ideograph."
+    return sum(any("\u4e00" <= ch <= "\u9fff" for ch in t) for t in texts) / max(len(texts), 1)
+
+def read_parallel_tsv(path:str|Path, # a tab-separated file with an English and a Chinese column, one pair a line (e.g. WMT's `news-commentary-v18.en-zh.tsv`)
+                     )->list:
+    "The `(english, chinese)` pairs of a two-column TSV file, in either column order: the Chinese column is the one written in Chinese. A line empty on either side is skipped."
+    rows = []
+    for n, line in enumerate(_text_lines(path, latin1=False), 1):
+        if not line.strip(): continue
+        fields = line.split("\t")
+        if len(fields) != 2: raise ValueError(f"{path}, line {n}: expected 2 tab-separated fields (English and Chinese), found {len(fields)}")
+        rows.append((fields[0].strip(), fields[1].strip()))
+    rows = [r for r in rows if r[0] and r[1]]
+    if not rows: raise ValueError(f"{path}: no sentence pairs")
+    first, second = _cjk_share([r[0] for r in rows]), _cjk_share([r[1] for r in rows])
+    if max(first, second) < 0.5 or min(first, second) > 0.5:
+        raise ValueError(f"{path}: cannot tell the Chinese column ({first:.0%} of the first column's lines and {second:.0%} of the second's have Chinese characters)")
+    return rows if second > first else [(z, e) for e, z in rows]
+
+_EN_SUFFIXES = (".en", ".eng")
+_ZH_SUFFIXES = (".zh", ".zh_cn", ".zh-cn", ".zh_hans", ".zh-hans", ".cmn", ".zho")   # OPUS writes zh_cn, zh_CN, cmn; case is ignored
+
+def _parallel_corpora(folder:Path)->dict:
+    "file name -> a reader of its pairs: NAME.en + NAME.zh (or another suffix of `_EN_SUFFIXES` / `_ZH_SUFFIXES`), or NAME.tsv."
+    by_stem = defaultdict(dict)
+    for p in sorted(folder.iterdir()):
+        if p.is_file() and not p.name.startswith("."): by_stem[p.stem][p.suffix.lower()] = p
+    corpora = {}
+    for files in by_stem.values():
+        en, zh = (next((files[s] for s in suffixes if s in files), None) for suffixes in (_EN_SUFFIXES, _ZH_SUFFIXES))
+        if en and zh: corpora[en.name] = partial(read_parallel, en, zh)
+        elif ".tsv" in files: corpora[files[".tsv"].name] = partial(read_parallel_tsv, files[".tsv"])
+    return corpora
+
 def _load_parallel(spec:TaskSpec, split:str|None=None, data_dir:str|Path|None=None, direction:str="en-zh", seed:int=0)->DatasetDict:
     _check_direction(direction)
     folder = _require_data_dir(spec, data_dir)
-    pairs = [(e, e.with_suffix(".zh")) for e in sorted(folder.glob("*.en")) if e.with_suffix(".zh").exists()]
-    if not pairs: raise FileNotFoundError(f"{folder}: no pair of line-aligned files NAME.en and NAME.zh (task {spec.name!r})")
-    named = {split_of(e.name): (e, z) for e, z in pairs}
+    if not folder.is_dir(): raise FileNotFoundError(f"{folder}: no such folder (data_dir of task {spec.name!r})")
+    corpora = _parallel_corpora(folder)
+    if not corpora: raise FileNotFoundError(f"{folder}: no pair of line-aligned files NAME.en and NAME.zh, and no NAME.tsv (task {spec.name!r})")
+    named = defaultdict(list)
+    for name in corpora: named[split_of(name)].append(name)
     if None in named:                                            # one corpus without split names: drawn like Tatoeba's
-        if len(pairs) > 1: raise ValueError(f"{folder}: several .en/.zh pairs ({', '.join(e.stem for e, _ in pairs)}); name them train, dev/valid and test")
-        return _draw_splits(read_parallel(*pairs[0]), spec, split, direction, seed)
-    if split is not None and split not in named: raise FileNotFoundError(f"{folder}: no .en/.zh pair for the {split!r} split (found {', '.join(named)})")
-    return DatasetDict({s: _translation_dataset(read_parallel(*named[s]), direction, {}, s, spec.name)
+        if len(corpora) > 1: raise ValueError(f"{folder}: several corpora ({', '.join(corpora)}); name them train, dev/valid and test")
+        return _draw_splits(next(iter(corpora.values()))(), spec, split, direction, seed)
+    for s, names in named.items():
+        if len(names) > 1: raise ValueError(f"{folder}: {len(names)} corpora look like the {s!r} split ({', '.join(names)}): keep one")
+    if split is not None and split not in named: raise FileNotFoundError(f"{folder}: no corpus for the {split!r} split (found {', '.join(named)})")
+    return DatasetDict({s: _translation_dataset(corpora[named[s][0]](), direction, {}, s, spec.name)
                         for s in ("train", "validation", "test") if s in named and (split is None or s == split)})
 
 for _spec in [
@@ -601,9 +644,10 @@ for _spec in [
                    "esp.train, esp.testa, esp.testb) — and call load_task('conll', data_dir='path/to/folder')"),
     TaskSpec(
         "parallel", (), metric="bleu", text_fields=("source",), kind="translation", loader=_load_parallel,
-        description="English–Chinese sentence pairs in line-aligned plain-text files (train.en + train.zh, dev.*, test.*), as WMT and "
-                    "OPUS distribute them; one unnamed pair of files is split 80/7/13 with a seed.",
-        how_to_get="put line-aligned NAME.en and NAME.zh files in one folder and call load_task('parallel', data_dir='path/to/folder')"),
+        description="English–Chinese sentence pairs in line-aligned plain-text files (train.en + train.zh, dev.*, test.*) or two-column "
+                    "TSV files, as WMT and OPUS distribute them; one corpus without split names is split 80/7/13 with a seed.",
+        how_to_get="put line-aligned NAME.en and NAME.zh files (or NAME.zh_cn, NAME.cmn), or two-column NAME.tsv files, in one folder and call "
+                   "load_task('parallel', data_dir='path/to/folder')"),
     TaskSpec(
         "tatoeba", (), metric="bleu", text_fields=("source",), kind="translation", loader=_load_tatoeba,
         description="Tatoeba English–Mandarin sentence pairs (cmn.txt, CC-BY 2.0 FR); split 80/7/13 with a seed, grouped by English sentence.",

@@ -537,3 +537,33 @@ def test_parallel_text_files(tmp_path):
     assert {k: v.num_rows for k, v in drawn.items()} == {"train": 80, "validation": 7, "test": 13}
     empty = tmp_path / "empty"; empty.mkdir()
     with pytest.raises(FileNotFoundError, match="no pair of line-aligned files"): load_task("parallel", data_dir=empty)
+
+
+def test_parallel_suffix_variants_tsv_and_errors(tmp_path):
+    from lightft.tasks import read_parallel_tsv
+    opus = tmp_path / "opus"; opus.mkdir()                    # OPUS's Moses files: zh_CN or cmn, any case
+    (opus / "Tatoeba.en-zh_CN.en").write_text("".join(f"Line {i}.\n" for i in range(50)))
+    (opus / "Tatoeba.en-zh_CN.zh_CN").write_text("".join(f"第{i}行。\n" for i in range(50)))
+    drawn = load_task("parallel", data_dir=opus, direction="zh-en")
+    assert sum(v.num_rows for v in drawn.values()) == 50 and drawn["train"][0]["source"].startswith("第")
+    wmt = tmp_path / "wmt"; wmt.mkdir()                       # news-commentary's TSV; either column order; empty sides skipped
+    (wmt / "train.tsv").write_text("Hello.\t你好。\nThanks.\t\n\nGood night.\t晚安。\n")
+    (wmt / "test.tsv").write_text("下雨了。\tIt rains.\n")
+    assert read_parallel_tsv(wmt / "train.tsv") == [("Hello.", "你好。"), ("Good night.", "晚安。")]
+    data = load_task("parallel", data_dir=wmt)
+    assert list(data) == ["train", "test"] and (data["test"][0]["source"], data["test"][0]["target"]) == ("It rains.", "下雨了。")
+    (wmt / "test.tsv").write_text("It rains.\tIt pours.\n")
+    with pytest.raises(ValueError, match="cannot tell the Chinese column"): load_task("parallel", data_dir=wmt)
+    (wmt / "test.tsv").write_text("It rains.\t下雨了。\textra\n")
+    with pytest.raises(ValueError, match=r"test.tsv, line 1: expected 2 tab-separated fields"): load_task("parallel", data_dir=wmt)
+    (wmt / "test.tsv").write_bytes("caf\xe9\t咖啡\n".encode("latin-1", errors="ignore"))
+    with pytest.raises(ValueError, match="not UTF-8"): load_task("parallel", data_dir=wmt)
+    (wmt / "test.tsv").write_text("It rains.\t下雨了。\n"); (wmt / "newstest.en").write_text("Hi.\n"); (wmt / "newstest.zh").write_text("嗨。\n")
+    with pytest.raises(ValueError, match="2 corpora look like the 'test' split"): load_task("parallel", data_dir=wmt)
+
+
+def test_parallel_lines_are_newlines_only(tmp_path):
+    from lightft.tasks import read_parallel
+    (tmp_path / "a.en").write_text("One\u2028still one.\r\nTwo.")   # U+2028 inside a sentence; CRLF; no final newline
+    (tmp_path / "a.zh").write_text("一\u2028仍是一。\n二。\n")
+    assert read_parallel(tmp_path / "a.en", tmp_path / "a.zh") == [("One\u2028still one.", "一\u2028仍是一。"), ("Two.", "二。")]

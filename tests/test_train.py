@@ -270,9 +270,10 @@ def test_gradient_accumulation_gives_the_same_training(tokenizer, data):
 
 def test_bf16_autocast_trains_on_the_cpu(tokenizer, data):
     model = tiny_model(tokenizer)
-    h = fit(model, tokenizer, data, epochs=3, batch_size=8, lr=3e-3, max_length=16, progress=False, precision="bf16", device="cpu")
+    # 10 epochs: this task sits at loss ln 2 for about 30 steps before it is learnt; after 3 epochs the "drop" was 0.0003, rounding noise
+    h = fit(model, tokenizer, data, epochs=10, batch_size=8, lr=3e-3, max_length=16, progress=False, precision="bf16", device="cpu")
     assert h.config["precision"] == "bf16" and all(math.isfinite(l) for l in h.losses)
-    assert np.mean(h.losses[-3:]) < np.mean(h.losses[:3])
+    assert np.mean(h.losses[-3:]) < np.mean(h.losses[:3]) - 0.2
     assert next(model.parameters()).dtype == torch.float32            # the weights stay float32: autocast changes the matmuls only
 
 
